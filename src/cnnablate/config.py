@@ -1,0 +1,203 @@
+"""Study configuration: schema validation with defaults, and the expansion of ablations into variants.
+
+The schema (``schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the single place that
+lists the model axes. Ablation blocks are checked against the same per-axis schemas, so a new axis added
+to the model schema is at once valid in ``base`` and in every ablation block.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_RESOURCE = "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A study configuration that does not satisfy the schema; the message names the key."""
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The study schema, with the ablation block schema derived from the model schema."""
+    text = resources.files("cnnablate.schemas").joinpath(SCHEMA_RESOURCE).read_text()
+    schema = yaml.safe_load(text)
+    model_axes = schema["$defs"]["model"]["properties"]
+    schema["$defs"]["ablation_block"] = {
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": False,
+        "description": "Model axes mapped to non-empty lists of values.",
+        "properties": {
+            axis: {
+                "type": "array",
+                "minItems": 1,
+                "items": {key: value for key, value in axis_schema.items() if key != "default"},
+                "description": f"Values of `{axis}`: {axis_schema.get('description', '')}",
+            }
+            for axis, axis_schema in model_axes.items()
+        },
+    }
+    return schema
+
+
+def model_axes() -> list[str]:
+    """Names of the model axes, in schema order (the order variant ids use)."""
+    return list(load_schema()["$defs"]["model"]["properties"])
+
+
+def _with_defaults(validator_class: type[jsonschema.protocols.Validator]) -> type:
+    """A validator that fills ``default`` values in while it validates (the jsonschema FAQ recipe)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def _resolve_model_defaults(instance: dict[str, Any], schema: dict[str, Any]) -> None:
+    """Fill the model defaults into ``base`` (a ``$ref``, which the properties hook does not expand)."""
+    base = instance.get("base")
+    if isinstance(base, dict):
+        for axis, axis_schema in schema["$defs"]["model"]["properties"].items():
+            base.setdefault(axis, copy.deepcopy(axis_schema["default"]))
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One readable line: the key path, what is wrong, and what is allowed."""
+    path = ".".join(str(part) for part in error.absolute_path) or "<top level>"
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        allowed = sorted(schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"{path}: unknown key(s) {unknown}; allowed keys: {allowed}"
+    allowed = ""
+    if "enum" in schema:
+        allowed = f"; allowed values: {schema['enum']}"
+    elif schema.get("description"):
+        allowed = f"; expected: {schema['description'].strip()}"
+    if error.validator == "not" and "multipleOf" in schema.get("not", {}):
+        return f"{path}: {error.instance!r} is not allowed{allowed}"
+    return f"{path}: {error.message}{allowed}"
+
+
+def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a study config against the schema and return a copy with defaults filled in.
+
+    Raises ConfigError listing every problem, each naming its key and the allowed values.
+    """
+    schema = load_schema()
+    instance = copy.deepcopy(dict(config))
+    validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("invalid study config:\n  " + "\n  ".join(_describe(e) for e in errors))
+    _resolve_model_defaults(instance, schema)
+    if instance["data"]["dataset"] == "npz" and "path" not in instance["data"]:
+        raise ConfigError("data.path: required when data.dataset is 'npz' (a .npz file with x_train, ...)")
+    study = Study.from_config(instance)
+    unknown = sorted(set(instance["analysis"]["interpret"]) - set(study.variants))
+    if unknown:
+        raise ConfigError(f"analysis.interpret: unknown variant id(s) {unknown}; allowed: {list(study.variants)}")
+    return instance
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML study config and validate it."""
+    with open(path) as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a study config must be a mapping, got {type(raw).__name__}")
+    return validate_config(raw)
+
+
+def _format_value(value: Any) -> str:
+    """Render an axis value for a variant id: lists as 'a-b-c', floats without trailing zeros."""
+    if isinstance(value, list | tuple):
+        return "x".join(_format_value(item) for item in value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def variant_id(spec: Mapping[str, Any], base: Mapping[str, Any]) -> str:
+    """A readable, stable id: 'base', or the axes that differ from base as 'axis-value' joined by '_'."""
+    diffs = [f"{axis}-{_format_value(spec[axis])}" for axis in model_axes() if spec[axis] != base[axis]]
+    return "_".join(diffs) if diffs else "base"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model to train: its id, full spec, and the ablation blocks that name it."""
+
+    id: str
+    spec: dict[str, Any]
+    ablations: tuple[str, ...]
+    axes: tuple[str, ...] = field(default=())
+
+
+@dataclass
+class Study:
+    """A validated config expanded into distinct variants (a variant equal to base is trained once)."""
+
+    name: str
+    config: dict[str, Any]
+    variants: dict[str, Variant]
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Study:
+        base = config["base"]
+        found: dict[str, Variant] = {"base": Variant("base", dict(base), ("base",))}
+        for block_name, block in config.get("ablations", {}).items():
+            for spec in _expand_block(base, block):
+                vid = variant_id(spec, base)
+                previous = found.get(vid)
+                names = (*previous.ablations, block_name) if previous else (block_name,)
+                found[vid] = Variant(vid, spec, names, tuple(block))
+        return cls(config["study"], config, found)
+
+    def ablation_members(self) -> Iterator[tuple[str, str]]:
+        """(ablation, variant id) pairs, base included in every ablation as its reference."""
+        for block_name, block in self.config.get("ablations", {}).items():
+            yield block_name, "base"
+            for spec in _expand_block(self.config["base"], block):
+                vid = variant_id(spec, self.config["base"])
+                if vid != "base":
+                    yield block_name, vid
+
+
+def _expand_block(base: Mapping[str, Any], block: Mapping[str, list[Any]]) -> Iterator[dict[str, Any]]:
+    """The full product of a block's axes, each combination applied on top of base."""
+    axes = list(block)
+    for values in itertools.product(*(block[axis] for axis in axes)):
+        spec = dict(base)
+        spec.update(zip(axes, values, strict=True))
+        yield spec
+
+
+def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts into dotted keys (for MLflow params and result tables)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

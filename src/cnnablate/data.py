@@ -1,0 +1,214 @@
+"""Datasets: CIFAR download and integrity check, the built-in synthetic dataset, bring-your-own npz.
+
+Every dataset is prepared once (by one workflow rule) into one canonical ``.npz`` file: ``x_train`` and
+``x_test`` uint8 N x H x W x C, ``y_train`` and ``y_test`` int64, ``classes``. Training jobs read that file
+only, so they never import torchvision and never race on a download.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CIFAR_ARCHIVES = {
+    "cifar10": {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "filename": "cifar-10-python.tar.gz",
+        "md5": "c58f30108f718f92721af3b95e74349a",
+    },
+    "cifar100": {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        "filename": "cifar-100-python.tar.gz",
+        "md5": "eb9058c3a382ffc7106e4002c42a8d85",
+    },
+}
+
+
+class DataError(RuntimeError):
+    """A dataset that cannot be fetched or read; the message says what to do."""
+
+
+@dataclass
+class ArrayDataset:
+    """Images as uint8 N x H x W x C arrays with integer labels, as stored in the canonical npz."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically, so an interrupted job never leaves a half-written dataset behind."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test,
+                 classes=np.array(self.classes))
+        tmp.replace(path)
+
+
+def archive_path(dataset: str, root: str | Path) -> Path:
+    """Where the downloaded archive of a CIFAR dataset lives."""
+    return Path(root) / CIFAR_ARCHIVES[dataset]["filename"]
+
+
+def download_cifar(dataset: str, root: str | Path) -> Path:
+    """Download the CIFAR archive once and verify its MD5; offline, say where to put it by hand."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    info = CIFAR_ARCHIVES[dataset]
+    target = archive_path(dataset, root)
+    if check_integrity(str(target), info["md5"]):
+        log.info("%s present and verified (md5 %s)", target, info["md5"])
+        return target
+    if target.exists():
+        raise DataError(f"{target} exists but its MD5 is not {info['md5']}: delete it and rerun.")
+    try:
+        download_url(info["url"], str(target.parent), info["filename"], info["md5"])
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        raise DataError(
+            f"could not download {dataset} from {info['url']} ({exc}). Without internet, put the archive "
+            f"{info['filename']} (md5 {info['md5']}) at {target} and rerun."
+        ) from exc
+    if not check_integrity(str(target), info["md5"]):
+        raise DataError(f"downloaded {target} does not match md5 {info['md5']}; delete it and retry.")
+    return target
+
+
+def read_cifar(dataset: str, root: str | Path) -> ArrayDataset:
+    """Extract (if needed) and read a verified CIFAR archive through torchvision."""
+    from torchvision import datasets
+
+    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    try:
+        train = cls(str(root), train=True, download=True)
+        test = cls(str(root), train=False, download=True)
+    except Exception as exc:
+        raise DataError(f"could not read {dataset} from {root}: {exc}") from exc
+    return ArrayDataset(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
+                        np.asarray(test.targets, dtype=np.int64), list(train.classes))
+
+
+def read_npz(path: str | Path) -> ArrayDataset:
+    """Read a bring-your-own npz and check shapes, dtypes and labels, naming the offending array."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data.path: {path} does not exist")
+    with np.load(path, allow_pickle=False) as npz:
+        missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
+        if missing:
+            raise DataError(f"{path}: missing array(s) {sorted(missing)}; need x_train, y_train, x_test, y_test")
+        arrays = {name: npz[name] for name in ("x_train", "y_train", "x_test", "y_test")}
+        classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else None
+    for split in ("train", "test"):
+        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise DataError(f"{path}: x_{split} must be uint8 N x H x W x C, got {x.dtype} with shape {x.shape}")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: y_{split} must be integer labels of length {len(x)}, got {y.dtype} {y.shape}")
+        if y.min() < 0:
+            raise DataError(f"{path}: y_{split} has negative labels")
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        raise DataError(f"{path}: x_train and x_test image shapes differ")
+    num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+    classes = classes or [str(i) for i in range(num_classes)]
+    if len(classes) < num_classes:
+        raise DataError(f"{path}: classes lists {len(classes)} names but labels go up to {num_classes - 1}")
+    return ArrayDataset(arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
+                        arrays["y_test"].astype(np.int64), classes)
+
+
+def synthetic_patterns(num_classes: int, size: int, seed: int) -> np.ndarray:
+    """Zero-mean +-1 class patterns: no class differs from another in mean brightness or colour."""
+    rng = np.random.default_rng([seed, 0xC1A55])
+    patterns = rng.choice([-1.0, 1.0], size=(num_classes, size, size))
+    patterns -= patterns.mean(axis=(1, 2), keepdims=True)
+    return patterns / np.abs(patterns).max(axis=(1, 2), keepdims=True)
+
+
+def _synthetic_split(n: int, patterns: np.ndarray, contrast: float, rng: np.random.Generator,
+                     image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Cluttered backgrounds with one class pattern at a random position and two random distractors."""
+    import torch
+    import torch.nn.functional as F
+
+    num_classes, p, _ = patterns.shape
+    labels = rng.integers(0, num_classes, size=n)
+    coarse = torch.from_numpy(rng.normal(0.0, 0.12, size=(n, 3, 6, 6)))
+    background = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False).numpy()
+    background += rng.uniform(0.25, 0.75, size=(n, 3, 1, 1))  # per-image colour: no global cue
+    background += rng.normal(0.0, 0.04, size=background.shape)
+    gains = rng.uniform(0.6, 1.0, size=(n, 3, 1, 1)) * contrast
+    distractors = rng.choice([-1.0, 1.0], size=(n, 2, p, p))
+    stamps = np.concatenate([patterns[labels][:, None], distractors], axis=1)  # n x 3 x p x p
+    positions = rng.integers(0, image_size - p + 1, size=(n, 3, 2))
+    rows = np.arange(n)
+    for k in range(stamps.shape[1]):
+        for dy in range(p):
+            for dx in range(p):
+                ys, xs = positions[:, k, 0] + dy, positions[:, k, 1] + dx
+                background[rows, :, ys, xs] += gains[:, :, 0, 0] * stamps[:, k, dy, dx][:, None]
+    images = np.clip(np.rint(background * 255.0), 0, 255).astype(np.uint8)
+    return images.transpose(0, 2, 3, 1).copy(), labels.astype(np.int64)
+
+
+def make_synthetic(train_size: int, test_size: int, num_classes: int = 10, pattern_size: int = 5,
+                   contrast: float = 0.35, seed: int = 0) -> ArrayDataset:
+    """CIFAR-shaped images (32x32 RGB) whose class is a small local pattern at a random position.
+
+    Only a detector of local structure that works anywhere in the image solves it: locality and weight
+    sharing pay off, and no global colour or brightness statistic gives the class away.
+    """
+    patterns = synthetic_patterns(num_classes, pattern_size, seed)
+    x_train, y_train = _synthetic_split(train_size, patterns, contrast, np.random.default_rng([seed, 1]))
+    x_test, y_test = _synthetic_split(test_size, patterns, contrast, np.random.default_rng([seed, 2]))
+    return ArrayDataset(x_train, y_train, x_test, y_test, [f"pattern{i}" for i in range(num_classes)])
+
+
+def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Indices of ``size`` items whose class proportions match ``labels`` (largest remainders), sorted."""
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng([seed, 0x5B5E7])
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / len(labels)
+    take = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - take), kind="stable")[: size - take.sum()]:
+        take[i] += 1
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)]
+    return np.sort(np.concatenate(chosen))
+
+
+def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
+    """Build the dataset a study config asks for, with its stratified train/test subsets applied."""
+    kind = data_cfg["dataset"]
+    if kind == "synthetic":
+        syn = data_cfg["synthetic"]
+        full = make_synthetic(syn["train_size"], syn["test_size"], syn["num_classes"], syn["pattern_size"],
+                              syn["contrast"], data_cfg["seed"])
+    elif kind == "npz":
+        full = read_npz(data_cfg["path"])
+    else:
+        full = read_cifar(kind, data_cfg["root"])
+    train_idx = stratified_subset(full.y_train, data_cfg.get("train_size"), data_cfg["seed"])
+    test_idx = stratified_subset(full.y_test, data_cfg.get("test_size"), data_cfg["seed"] + 1)
+    return ArrayDataset(full.x_train[train_idx], full.y_train[train_idx], full.x_test[test_idx],
+                        full.y_test[test_idx], full.classes)
+
+
+def load_prepared(path: str | Path) -> ArrayDataset:
+    """Read a dataset written by ``ArrayDataset.save``."""
+    with np.load(path, allow_pickle=False) as npz:
+        return ArrayDataset(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
+                            [str(c) for c in npz["classes"]])

@@ -1,0 +1,109 @@
+"""Device choice for a training job: one GPU slot per job, and the precision and memory format to use.
+
+Snakemake never assigns GPUs to local jobs, so each job claims a slot itself: an exclusive ``flock`` on
+one lock file per (GPU, slot), taken before CUDA initialises and held until the process exits. Under SLURM
+the scheduler already restricts ``CUDA_VISIBLE_DEVICES`` and the job simply sees one device.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import torch
+
+log = logging.getLogger(__name__)
+
+LOCK_DIR_ENV = "CNNABLATE_GPU_LOCK_DIR"
+
+
+@dataclass
+class DeviceChoice:
+    """Where and how a job computes."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    lock: IO[str] | None = None  # kept open: closing it releases the slot
+
+    @property
+    def description(self) -> str:
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return "cpu"
+
+
+def lock_dir() -> Path:
+    """Shared folder for the GPU slot locks (one per machine; override with CNNABLATE_GPU_LOCK_DIR)."""
+    return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "cnnablate-gpu-locks"))
+
+
+def claim_gpu_slot(num_gpus: int, jobs_per_gpu: int, directory: Path | None = None, poll_seconds: float = 2.0,
+                   timeout_seconds: float | None = None) -> tuple[int, IO[str]]:
+    """Block until a (GPU, slot) lock is free; return the GPU index and the open lock file.
+
+    Slots are tried GPU-major within each slot round (slot 0 of every GPU before slot 1 of any), so jobs
+    spread over GPUs before they share one.
+    """
+    directory = directory or lock_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    waited = False
+    while True:
+        for slot in range(jobs_per_gpu):
+            for gpu in range(num_gpus):
+                handle = open(directory / f"gpu{gpu}-slot{slot}.lock", "a+")  # noqa: SIM115 (held open)
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"{os.getpid()}\n")
+                handle.flush()
+                return gpu, handle
+        if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
+            raise TimeoutError(f"no free GPU slot among {num_gpus} GPU(s) x {jobs_per_gpu} in {directory}")
+        if not waited:
+            log.info("all %d GPU slot(s) busy; waiting for one", num_gpus * jobs_per_gpu)
+            waited = True
+        time.sleep(poll_seconds)
+
+
+def resolve_precision(precision: str, device_type: str) -> torch.dtype | None:
+    """The autocast dtype: bf16 on CUDA for 'auto', none (float32) on CPU for 'auto'."""
+    if precision == "bf16" or (precision == "auto" and device_type == "cuda"):
+        return torch.bfloat16
+    if precision in ("auto", "fp32"):
+        return None
+    raise ValueError(f"train.precision: unknown value {precision!r}; allowed values: auto, fp32, bf16")
+
+
+def resolve_channels_last(setting: str, device_type: str) -> bool:
+    """channels_last helps cuDNN's tensor-core kernels; on CPU it is opt-in."""
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"train.channels_last: unknown value {setting!r}; allowed values: auto, on, off")
+    return setting == "on" or (setting == "auto" and device_type == "cuda")
+
+
+def choose_device(precision: str = "auto", channels_last: str = "auto", jobs_per_gpu: int = 1,
+                  force_cpu: bool = False) -> DeviceChoice:
+    """Claim a GPU slot if CUDA is available (else the CPU) and decide precision and memory format."""
+    if force_cpu or not torch.cuda.is_available():
+        device, lock = torch.device("cpu"), None
+    else:
+        gpu, lock = claim_gpu_slot(torch.cuda.device_count(), jobs_per_gpu)
+        device = torch.device("cuda", gpu)
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return DeviceChoice(device, resolve_precision(precision, device.type),
+                        resolve_channels_last(channels_last, device.type), lock)

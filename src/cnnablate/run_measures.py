@@ -1,0 +1,62 @@
+"""The measure rule's work for one run: cost, receptive fields and first-layer filters, before and after training."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnablate.filters import edge_match_score, first_conv_weight
+from cnnablate.measure import count_macs, count_params, effective_rf, theoretical_rf
+from cnnablate.runs import load_run
+
+log = logging.getLogger(__name__)
+
+
+def _rf_summary(model: torch.nn.Module, input_size: tuple[int, int, int], images: torch.Tensor | None,
+                erf_canvas: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
+    """TRF and ERF of the last spatial feature map; (None, None) for networks without one (fc)."""
+    try:
+        trf = theoretical_rf(model, input_size)
+    except ValueError as exc:  # no spatial feature map: the MLP
+        log.info("no receptive field: %s", exc)
+        return {"trf": None, "erf": None}, None
+    erf = effective_rf(model, images=images, input_size=input_size, canvas=erf_canvas)
+    return {"trf": trf.to_dict(), "erf": erf.to_dict()}, erf.map
+
+
+def measure_run(run_dir: str | Path, dataset: str | Path, outputs: Mapping[str, str], erf_images: int,
+                erf_canvas: int | None) -> dict[str, Any]:
+    """Write measures.json, the ERF maps (init, trained) and their figure for one finished run."""
+    trained = load_run(run_dir, dataset, trained=True)
+    initial = load_run(run_dir, dataset, trained=False)
+    input_size = tuple(trained.test.images.shape[1:])
+    images = trained.test.normalize(trained.test.images[:erf_images])
+    result: dict[str, Any] = {
+        "params": count_params(trained.model),
+        "macs": count_macs(trained.model, input_size),
+    }
+    result["flops"] = 2 * result["macs"]
+    at_init, map_init = _rf_summary(initial.model, input_size, None, erf_canvas)
+    after, map_trained = _rf_summary(trained.model, input_size, images, erf_canvas)
+    result["trf"] = after["trf"]
+    result["erf_init"] = at_init["erf"]
+    result["erf"] = after["erf"]
+    if after["erf"] and at_init["erf"]:
+        result["erf_growth"] = after["erf"]["std_mean"] / at_init["erf"]["std_mean"]
+    weights_init, weights_trained = first_conv_weight(initial.model), first_conv_weight(trained.model)
+    result["edge_match_init"] = edge_match_score(weights_init) if weights_init is not None else None
+    result["edge_match_trained"] = edge_match_score(weights_trained) if weights_trained is not None else None
+    empty = np.zeros((1, 1))
+    np.save(outputs["erf_init"], map_init if map_init is not None else empty)
+    np.save(outputs["erf_trained"], map_trained if map_trained is not None else empty)
+    from cnnablate.figures import erf_pair_figure
+
+    erf_pair_figure(map_init, map_trained, trained.metrics["variant"], outputs["figure"])
+    Path(outputs["measures"]).write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,192 @@
+"""MLflow tracking: one experiment and parent run per study (created once, upstream), one child run per job.
+
+Concurrency rules learned the hard way (mlflow #979, #10510, #20014): experiments are created by a single
+setup job, never by the parallel training jobs; the SQLite store runs in WAL mode; a job first marks its
+own stale RUNNING runs KILLED (a killed process never ends its run) and retires an older FINISHED run of
+the same job key, so a study never holds two FINISHED runs per (variant, seed). The files under results/
+stay the source of truth; MLflow mirrors them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+JOB_KEY_TAG = "cnnablate.job_key"
+ROLE_TAG = "cnnablate.role"
+
+
+def resolve_tracking_uri(configured: str) -> str:
+    """MLFLOW_TRACKING_URI wins over the config; a relative sqlite path becomes absolute (jobs change cwd)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        path = Path(uri[len(prefix) :]).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = prefix + str(path)
+    return uri
+
+
+def _client(tracking_uri: str):  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def _enable_wal(tracking_uri: str) -> None:
+    """WAL lets readers and one writer proceed together; the mode persists in the database file."""
+    if tracking_uri.startswith("sqlite:///"):
+        with sqlite3.connect(tracking_uri[len("sqlite:///") :]) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def setup_study(study: str, configured_uri: str, output: str | Path, artifact_root: str | Path) -> dict[str, str]:
+    """Create (or find) the study's experiment and parent run; write their ids for the jobs to read."""
+    uri = resolve_tracking_uri(configured_uri)
+    client = _client(uri)  # the first connection creates and migrates the SQLite schema
+    _enable_wal(uri)
+    experiment = client.get_experiment_by_name(study)
+    if experiment is None:
+        location = Path(artifact_root).resolve().as_uri() if uri.startswith("sqlite:") else None
+        experiment_id = client.create_experiment(study, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    parents = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'parent'", max_results=1,
+                                 order_by=["attributes.start_time ASC"])
+    if parents:
+        parent_id = parents[0].info.run_id
+    else:
+        parent = client.create_run(experiment_id, run_name=f"{study} (study)", tags={ROLE_TAG: "parent"})
+        parent_id = parent.info.run_id
+        client.set_terminated(parent_id, "FINISHED")
+    info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id, "study": study}
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def read_setup(path: str | Path) -> dict[str, str]:
+    """The ids written by ``setup_study``; MLFLOW_TRACKING_URI still wins for the URI."""
+    info = json.loads(Path(path).read_text())
+    info["tracking_uri"] = os.environ.get("MLFLOW_TRACKING_URI") or info["tracking_uri"]
+    return info
+
+
+def _retry(action, attempts: int = 5):  # type: ignore[no-untyped-def]
+    """Retry a store call a few times: SQLite can still report 'database is locked' under heavy contention."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as exc:
+            if "locked" not in str(exc).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    return None
+
+
+def _stringify(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, list | dict) else str(value)
+
+
+class RunLogger:
+    """Logs params, step-indexed metrics and files to one existing MLflow run."""
+
+    def __init__(self, client, run_id: str) -> None:  # type: ignore[no-untyped-def]
+        self.client, self.run_id = client, run_id
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, _stringify(value)[:6000]) for key, value in params.items()]
+        for start in range(0, len(items), 100):
+            _retry(lambda start=start: self.client.log_batch(self.run_id, params=items[start : start + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float | None], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(key, float(value), now, step) for key, value in metrics.items() if value is not None]
+        _retry(lambda: self.client.log_batch(self.run_id, metrics=items))
+
+    def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
+        for path in paths:
+            if Path(path).exists():
+                _retry(lambda path=path: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+
+class JobRun(RunLogger):
+    """The MLflow child run of one (variant, seed) job, created fresh for every attempt."""
+
+    def __init__(self, setup: Mapping[str, str], job_key: str, run_name: str, tags: Mapping[str, Any]) -> None:
+        client = _client(setup["tracking_uri"])
+        experiment_id = setup["experiment_id"]
+        query = f"tags.`{JOB_KEY_TAG}` = '{job_key}'"
+        previous = _retry(lambda: client.search_runs([experiment_id], query))
+        for run in previous:
+            if run.info.status in ("RUNNING", "SCHEDULED"):
+                _retry(lambda run=run: client.set_terminated(run.info.run_id, "KILLED"))
+        all_tags = {JOB_KEY_TAG: job_key, "mlflow.parentRunId": setup["parent_run_id"], ROLE_TAG: "job"}
+        all_tags.update({key: _stringify(value) for key, value in tags.items()})
+        run = _retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=all_tags))
+        super().__init__(client, run.info.run_id)
+        self._superseded = [r.info.run_id for r in previous if r.info.status == "FINISHED"]
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run; a FINISHED run retires older FINISHED runs of the same job key (deleted, not lost)."""
+        _retry(lambda: self.client.set_terminated(self.run_id, status))
+        if status == "FINISHED":
+            for run_id in self._superseded:
+                _retry(lambda run_id=run_id: self.client.set_tag(run_id, "cnnablate.superseded_by", self.run_id))
+                _retry(lambda run_id=run_id: self.client.delete_run(run_id))
+
+
+def job_run_logger(setup: Mapping[str, str], job_key: str) -> RunLogger:
+    """A logger for the newest FINISHED run of a job key: analysis rules attach their results to it."""
+    client = _client(setup["tracking_uri"])
+    query = f"tags.`{JOB_KEY_TAG}` = '{job_key}' and attributes.status = 'FINISHED'"
+    runs = _retry(lambda: client.search_runs([setup["experiment_id"]], query, max_results=1,
+                                             order_by=["attributes.start_time DESC"]))
+    if not runs:
+        raise LookupError(f"no FINISHED MLflow run with {JOB_KEY_TAG} = {job_key!r}")
+    return RunLogger(client, runs[0].info.run_id)
+
+
+def numeric_items(mapping: Mapping[str, Any], prefix: str) -> dict[str, float]:
+    """The finite numbers of a (nested) analysis result, as dotted MLflow metric names."""
+    from cnnablate.config import flatten
+
+    flat = flatten(mapping, prefix)
+    return {key.replace("[", "_").replace("]", ""): float(value) for key, value in flat.items()
+            if isinstance(value, int | float) and not isinstance(value, bool) and value == value}
+
+
+def sync_analyses(setup: Mapping[str, str], runs: Iterable[tuple[str, Path]], analyses: Iterable[str]) -> dict:
+    """Log every run's analysis results (RUN/<analysis>.json) into its MLflow run, skipping unchanged values.
+
+    One process for the whole study: analysis jobs stay light, and a rerun logs nothing twice.
+    """
+    client = _client(setup["tracking_uri"])
+    analyses = list(analyses)
+    synced: dict[str, Any] = {}
+    for job_key, run_dir in runs:
+        logger = job_run_logger(setup, job_key)
+        existing = _retry(lambda logger=logger: client.get_run(logger.run_id)).data.metrics
+        logged: list[str] = []
+        for analysis in analyses:
+            path = run_dir / f"{analysis}.json"
+            values = numeric_items(json.loads(path.read_text()), f"{analysis}.")
+            changed = {key: value for key, value in values.items() if existing.get(key) != value}
+            if changed:
+                logger.log_metrics(changed)
+                logger.log_artifacts([path, *sorted(run_dir.glob(f"{analysis}*.png"))], artifact_path=analysis)
+                logged += list(changed)
+        synced[job_key] = {"run_id": logger.run_id, "logged": logged}
+    return synced

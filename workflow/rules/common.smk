@@ -1,0 +1,68 @@
+# Turns the validated config into the study's variants, paths and list of targets.
+import os
+
+from cnnablate.config import Study, validate_config
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+config.update(validate_config(config))  # fails here, before any job, naming the bad key
+STUDY = Study.from_config(config)
+RESULTS = f"results/{STUDY.name}"
+REPORTS = f"reports/{STUDY.name}"
+RUN = RESULTS + "/runs/{variant}/seed{seed}"
+LOGS = RESULTS + "/logs"
+BENCHMARKS = RESULTS + "/benchmarks"
+ENV = "../../environment.yml"
+ANALYSES = {}
+
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9.-]+(_[A-Za-z0-9.-]+)*",
+    seed=r"\d+",
+
+
+def register_analysis(name, study_outputs=()):
+    """Declare a per-run analysis: its rule writes RUN/<name>.json (flat metrics); report and MLflow pick it up."""
+    ANALYSES[name] = {"run_output": f"{RUN}/{name}.json", "study_outputs": list(study_outputs)}
+
+
+def runs():
+    """Every (variant, seed) pair of the study."""
+    return [(variant, seed) for variant in STUDY.variants for seed in config["seeds"]]
+
+
+def expand_runs(pattern):
+    return [pattern.format(variant=variant, seed=seed) for variant, seed in runs()]
+
+
+def variant_spec(wildcards):
+    return STUDY.variants[wildcards.variant].spec
+
+
+def variant_ablations(wildcards):
+    return list(STUDY.variants[wildcards.variant].ablations)
+
+
+def analysis_outputs(wildcards=None):
+    """Per-run outputs of every registered analysis, then their study-level outputs."""
+    outputs = []
+    for analysis in ANALYSES.values():
+        outputs += expand_runs(analysis["run_output"]) + analysis["study_outputs"]
+    return outputs
+
+
+def all_targets(wildcards):
+    return [
+        *expand_runs(f"{RUN}/metrics.json"),
+        *analysis_outputs(),
+        f"{RESULTS}/mlflow_sync.json",
+        f"{REPORTS}/index.html",
+    ]
+
+
+def interpret_targets(wildcards=None):
+    """Interpretation figures for base and every variant the config names, first seed only."""
+    variants = ["base", *(v for v in config["analysis"]["interpret"] if v != "base")]
+    seed = config["seeds"][0]
+    return [RUN.format(variant=variant, seed=seed) + "/interpret" for variant in variants]

@@ -1,0 +1,81 @@
+# Gather every run: analyses into MLflow, interpretation figures, tables, figures and the HTML report.
+
+
+rule mlflow_sync:
+    input:
+        tracking=f"{RESULTS}/mlflow.json",
+        metrics=expand_runs(f"{RUN}/metrics.json"),
+        analyses=analysis_outputs,
+    output:
+        f"{RESULTS}/mlflow_sync.json",
+    params:
+        results=RESULTS,
+        analyses=lambda w: list(ANALYSES),
+    log:
+        f"{LOGS}/mlflow_sync.log",
+    benchmark:
+        f"{BENCHMARKS}/mlflow_sync.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/mlflow_sync.py"
+
+
+rule interpret:
+    input:
+        metrics=f"{RUN}/metrics.json",
+        model=f"{RUN}/model.pt",
+        data=f"{RESULTS}/data/dataset.npz",
+    output:
+        directory(f"{RUN}/interpret"),
+    log:
+        f"{LOGS}/interpret/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/interpret/{{variant}}/seed{{seed}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/interpret.py"
+
+
+rule report:
+    input:
+        metrics=expand_runs(f"{RUN}/metrics.json"),
+        histories=expand_runs(f"{RUN}/history.csv"),
+        analyses=analysis_outputs,
+        erf=expand_runs(f"{RUN}/erf_trained.npy") + expand_runs(f"{RUN}/erf_init.npy"),
+        interpret=interpret_targets,
+    output:
+        results=report(
+            f"{RESULTS}/results.csv",
+            caption="../report/results.rst",
+            category="Tables",
+        ),
+        summary=report(
+            f"{RESULTS}/summary.csv",
+            caption="../report/summary.rst",
+            category="Tables",
+        ),
+        figures=report(
+            directory(f"{RESULTS}/figures/report"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+        html=f"{REPORTS}/index.html",
+    params:
+        study=STUDY.name,
+        results=RESULTS,
+        analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
+        config=config,
+    log:
+        f"{LOGS}/report.log",
+    benchmark:
+        f"{BENCHMARKS}/report.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/report.py"

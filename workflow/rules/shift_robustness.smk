@@ -1,0 +1,59 @@
+# Worked example of an analysis rule: accuracy of every run under translated test images.
+# A new analysis follows the same three steps: a rule writing RUN/<name>.json (flat numbers),
+# register_analysis(<name>, study_outputs), and an `include:` line in the Snakefile.
+
+
+rule shift_robustness:
+    input:
+        metrics=f"{RUN}/metrics.json",
+        model=f"{RUN}/model.pt",
+        data=f"{RESULTS}/data/dataset.npz",
+    output:
+        f"{RUN}/shift.json",
+    params:
+        shifts=config["analysis"]["shifts"],
+    log:
+        f"{LOGS}/shift/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/shift/{{variant}}/seed{{seed}}.tsv"
+    threads: 1
+    conda:
+        ENV
+    script:
+        "../scripts/shift_robustness.py"
+
+
+rule shift_robustness_figure:
+    input:
+        expand_runs(f"{RUN}/shift.json"),
+    output:
+        figure=report(
+            f"{RESULTS}/figures/shift_robustness.png",
+            caption="../report/shift_robustness.rst",
+            category="Analyses",
+            subcategory="Shift robustness",
+        ),
+        table=report(
+            f"{RESULTS}/tables/shift_robustness.csv",
+            caption="../report/shift_robustness.rst",
+            category="Analyses",
+            subcategory="Shift robustness",
+        ),
+    log:
+        f"{LOGS}/shift_robustness_figure.log",
+    benchmark:
+        f"{BENCHMARKS}/shift_robustness_figure.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/shift_robustness_figure.py"
+
+
+register_analysis(
+    "shift",
+    study_outputs=[
+        f"{RESULTS}/figures/shift_robustness.png",
+        f"{RESULTS}/tables/shift_robustness.csv",
+    ],
+)

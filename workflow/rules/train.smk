@@ -1,0 +1,49 @@
+# MLflow experiment set up once; then one training job per (variant, seed).
+
+
+rule mlflow_setup:
+    output:
+        f"{RESULTS}/mlflow.json",
+    params:
+        study=STUDY.name,
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        artifact_root="results/mlflow-artifacts",
+    log:
+        f"{LOGS}/mlflow_setup.log",
+    benchmark:
+        f"{BENCHMARKS}/mlflow_setup.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/mlflow_setup.py"
+
+
+rule train:
+    input:
+        data=f"{RESULTS}/data/dataset.npz",
+        tracking=f"{RESULTS}/mlflow.json",
+    output:
+        metrics=f"{RUN}/metrics.json",
+        history=f"{RUN}/history.csv",
+        model=f"{RUN}/model.pt",
+    params:
+        study=STUDY.name,
+        spec=variant_spec,
+        ablations=variant_ablations,
+        recipe=config["train"],
+        # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
+        checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
+    log:
+        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{variant}}/seed{{seed}}.tsv"
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../scripts/train.py"
