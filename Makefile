@@ -9,6 +9,9 @@ CORES ?= all
 export PIP_CONFIG_FILE := /dev/null
 export PIP_FIND_LINKS :=
 export UV_PROJECT_ENVIRONMENT := $(VENV)
+# Jobs are short-lived processes: ship compiled bytecode so none of them recompiles torch or mlflow
+# (PYTHONDONTWRITEBYTECODE, set on some machines, would otherwise make every job compile from source).
+export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 

@@ -144,7 +144,7 @@ def _synthetic_split(n: int, patterns: np.ndarray, contrast: float, rng: np.rand
     import torch.nn.functional as F
 
     num_classes, p, _ = patterns.shape
-    labels = rng.integers(0, num_classes, size=n)
+    labels = rng.permutation(np.arange(n) % num_classes)  # balanced, like CIFAR
     coarse = torch.from_numpy(rng.normal(0.0, 0.12, size=(n, 3, 6, 6)))
     background = F.interpolate(coarse, size=(image_size, image_size), mode="bicubic", align_corners=False).numpy()
     background += rng.uniform(0.25, 0.75, size=(n, 3, 1, 1))  # per-image colour: no global cue

@@ -187,7 +187,6 @@ def train(job: TrainJob) -> dict[str, Any]:
     clock = time.time()
     recipe = job.recipe
     torch.set_num_threads(recipe["threads"])
-    torch.use_deterministic_algorithms(not torch.cuda.is_available() or job.force_cpu, warn_only=True)
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
     log.info("job %s on %s (autocast %s, channels_last %s)", job.job_key, choice.description,
              choice.autocast_dtype, choice.channels_last)

@@ -1,0 +1,101 @@
+"""Datasets: synthetic determinism and design, stratified subsets, npz validation, CIFAR offline errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnablate import data
+from cnnablate.data import DataError, make_synthetic, prepare_dataset, read_npz, stratified_subset
+
+
+def test_synthetic_is_deterministic_and_cifar_shaped() -> None:
+    a = make_synthetic(200, 50, seed=3)
+    b = make_synthetic(200, 50, seed=3)
+    c = make_synthetic(200, 50, seed=4)
+    assert a.x_train.shape == (200, 32, 32, 3) and a.x_train.dtype == np.uint8
+    assert a.x_test.shape == (50, 32, 32, 3) and a.num_classes == 10
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert not np.array_equal(a.x_train, c.x_train)
+
+
+def test_synthetic_class_is_not_in_global_colour() -> None:
+    """Nearest class-mean classification on per-image mean colour stays near chance."""
+    dataset = make_synthetic(3000, 1000, seed=0)
+    features = dataset.x_train.reshape(len(dataset.x_train), -1, 3).mean(axis=1)
+    centroids = np.stack([features[dataset.y_train == k].mean(axis=0) for k in range(10)])
+    test = dataset.x_test.reshape(len(dataset.x_test), -1, 3).mean(axis=1)
+    predicted = np.argmin(((test[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
+    assert (predicted == dataset.y_test).mean() < 0.16
+
+
+def test_synthetic_pattern_is_local_and_moves() -> None:
+    """The same class appears at different positions: the pixel-wise class mean is nearly flat."""
+    dataset = make_synthetic(2000, 10, contrast=0.6, seed=0)
+    images = dataset.x_train.astype(float).mean(axis=3)
+    class_mean = images[dataset.y_train == 0].mean(axis=0)
+    assert class_mean.std() < 0.15 * images.std()
+
+
+def test_stratified_subset_keeps_proportions() -> None:
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    chosen = stratified_subset(labels, 50, seed=0)
+    assert len(chosen) == 50 and len(set(chosen)) == 50
+    assert np.bincount(labels[chosen]).tolist() == [25, 12, 8, 5] or \
+        np.abs(np.bincount(labels[chosen]) - np.array([25, 12.5, 7.5, 5])).max() <= 1
+    assert np.array_equal(chosen, stratified_subset(labels, 50, seed=0))
+    assert np.array_equal(stratified_subset(labels, None, 0), np.arange(200))
+
+
+def test_prepare_applies_train_and_test_size() -> None:
+    config = {"dataset": "synthetic", "seed": 0, "train_size": 100, "test_size": 40,
+              "synthetic": {"train_size": 300, "test_size": 80, "num_classes": 10, "pattern_size": 5,
+                            "contrast": 0.5}}
+    dataset = prepare_dataset(config)
+    assert len(dataset.y_train) == 100 and len(dataset.y_test) == 40
+    assert set(np.bincount(dataset.y_train)) == {10} and set(np.bincount(dataset.y_test)) == {4}
+
+
+def _write_npz(path, **arrays) -> None:
+    np.savez(path, **arrays)
+
+
+def test_npz_roundtrip_and_validation(tmp_path) -> None:
+    x = np.zeros((20, 8, 8, 1), np.uint8)
+    y = np.arange(20) % 2
+    good = tmp_path / "good.npz"
+    _write_npz(good, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
+    dataset = read_npz(good)
+    assert dataset.num_classes == 2 and dataset.x_train.shape == (20, 8, 8, 1)
+
+    _write_npz(tmp_path / "missing.npz", x_train=x, y_train=y)
+    with pytest.raises(DataError, match=r"missing array\(s\) \['x_test', 'y_test'\]"):
+        read_npz(tmp_path / "missing.npz")
+    _write_npz(tmp_path / "float.npz", x_train=x.astype(float), y_train=y, x_test=x, y_test=y)
+    with pytest.raises(DataError, match="x_train must be uint8"):
+        read_npz(tmp_path / "float.npz")
+    _write_npz(tmp_path / "labels.npz", x_train=x, y_train=y[:5], x_test=x, y_test=y)
+    with pytest.raises(DataError, match="y_train must be integer labels of length 20"):
+        read_npz(tmp_path / "labels.npz")
+    with pytest.raises(DataError, match="does not exist"):
+        read_npz(tmp_path / "nothing.npz")
+
+
+def test_cifar_offline_says_where_to_put_the_archive(tmp_path, monkeypatch) -> None:
+    import torchvision.datasets.utils as tv_utils
+
+    def offline(*args, **kwargs):
+        raise OSError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    with pytest.raises(DataError) as error:
+        data.download_cifar("cifar10", tmp_path)
+    message = str(error.value)
+    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
+    assert "c58f30108f718f92721af3b95e74349a" in message
+
+
+def test_cifar_corrupt_archive_is_refused(tmp_path) -> None:
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="MD5"):
+        data.download_cifar("cifar10", tmp_path)

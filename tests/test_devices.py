@@ -1,0 +1,74 @@
+"""Device choice up to the GPU boundary: slot claiming, precision and memory format decisions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cnnablate.devices import choose_device, claim_gpu_slot, resolve_channels_last, resolve_precision
+
+
+def test_jobs_spread_over_gpus_before_sharing(tmp_path) -> None:
+    first, lock_a = claim_gpu_slot(2, 2, tmp_path)
+    second, lock_b = claim_gpu_slot(2, 2, tmp_path)
+    third, lock_c = claim_gpu_slot(2, 2, tmp_path)
+    assert (first, second, third) == (0, 1, 0)
+    for lock in (lock_a, lock_b, lock_c):
+        lock.close()
+
+
+def test_a_busy_gpu_blocks_until_released(tmp_path) -> None:
+    gpu, lock = claim_gpu_slot(1, 1, tmp_path)
+    with pytest.raises(TimeoutError):
+        claim_gpu_slot(1, 1, tmp_path, poll_seconds=0.05, timeout_seconds=0.2)
+    lock.close()
+    assert claim_gpu_slot(1, 1, tmp_path, timeout_seconds=0.2)[0] == gpu
+
+
+def test_slots_are_held_across_processes(tmp_path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from cnnablate.devices import claim_gpu_slot; "
+        f"g, l = claim_gpu_slot(2, 1, Path({str(tmp_path)!r})); print(g, flush=True); time.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "0"
+        assert claim_gpu_slot(2, 1, tmp_path, timeout_seconds=1)[0] == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_gpu_slot(1, 1, tmp_path, timeout_seconds=1)[0] == 0  # a killed holder frees its slot
+
+
+def test_precision_and_memory_format_decisions() -> None:
+    assert resolve_precision("auto", "cuda") is torch.bfloat16
+    assert resolve_precision("auto", "cpu") is None
+    assert resolve_precision("bf16", "cpu") is torch.bfloat16
+    assert resolve_precision("fp32", "cuda") is None
+    assert resolve_channels_last("auto", "cuda") and not resolve_channels_last("auto", "cpu")
+    assert resolve_channels_last("on", "cpu") and not resolve_channels_last("off", "cuda")
+    with pytest.raises(ValueError, match="allowed values: auto, fp32, bf16"):
+        resolve_precision("fp8", "cuda")
+
+
+def test_cpu_is_chosen_without_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    choice = choose_device("auto", "auto")
+    assert choice.device.type == "cpu" and choice.autocast_dtype is None and not choice.channels_last
+
+
+def test_cuda_path_claims_a_slot_and_picks_bf16(monkeypatch, tmp_path) -> None:
+    """Everything up to the first CUDA call, with the CUDA runtime replaced by stand-ins."""
+    monkeypatch.setenv("CNNABLATE_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    selected = []
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    first = choose_device("auto", "auto", jobs_per_gpu=1)
+    second = choose_device("auto", "auto", jobs_per_gpu=1)
+    assert [str(d) for d in selected] == ["cuda:0", "cuda:1"]
+    assert first.autocast_dtype is torch.bfloat16 and first.channels_last
+    assert torch.backends.cudnn.benchmark
+    assert (tmp_path / "gpu0-slot0.lock").exists() and second.lock is not None

@@ -1,0 +1,68 @@
+"""The model factory: every option builds, and local is conv's geometry without weight sharing."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+from cnnablate.config import validate_config
+from cnnablate.models import LocallyConnected2d, build_model
+from conftest import tiny_config
+
+BASE = validate_config(tiny_config())["base"]
+
+
+@pytest.mark.parametrize(("arch", "pool", "norm"), itertools.product(
+    ["fc", "local", "conv"], ["max", "avg", "stride", "none"], ["none", "batch", "layer", "group", "instance"]))
+def test_every_combination_builds_and_runs(arch: str, pool: str, norm: str) -> None:
+    model = build_model({**BASE, "arch": arch, "pool": pool, "norm": norm}, num_classes=7)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("kernel_size", "dilation", "activation"), [(1, 1, "relu"), (5, 2, "gelu"), (7, 4, "silu")])
+def test_padding_keeps_the_size(kernel_size: int, dilation: int, activation: str) -> None:
+    spec = {**BASE, "kernel_size": kernel_size, "dilation": dilation, "activation": activation, "pool": "none"}
+    features = build_model(spec, 10)[:-3]
+    assert features(torch.randn(1, 3, 32, 32)).shape[-2:] == (32, 32)
+
+
+def test_width_multiplier_scales_channels() -> None:
+    narrow = build_model({**BASE, "width": 0.5, "widths": [8, 16]}, 10)
+    wide = build_model({**BASE, "width": 2.0, "widths": [8, 16]}, 10)
+    assert [m.out_channels for m in narrow.modules() if isinstance(m, nn.Conv2d)] == [4, 8]
+    assert [m.out_channels for m in wide.modules() if isinstance(m, nn.Conv2d)] == [16, 32]
+
+
+def test_local_has_conv_geometry_and_one_filter_per_position() -> None:
+    spec = {**BASE, "pool": "stride"}
+    conv, local = build_model({**spec, "arch": "conv"}, 10), build_model({**spec, "arch": "local"}, 10)
+    x = torch.randn(2, 3, 32, 32)
+    conv_shapes = [layer(x).shape for layer in [conv[: i + 1] for i in range(len(conv) - 3)]]
+    local_shapes = [layer(x).shape for layer in [local[: i + 1] for i in range(len(local) - 3)]]
+    assert conv_shapes == local_shapes
+    convs = [m for m in conv.modules() if isinstance(m, nn.Conv2d)]
+    locals_ = [m for m in local.modules() if isinstance(m, LocallyConnected2d)]
+    for c, lc in zip(convs, locals_, strict=True):
+        positions = lc.out_size[0] * lc.out_size[1]
+        assert lc.weight.numel() == positions * c.weight.numel()
+
+
+def test_locally_connected_with_shared_weights_equals_a_convolution() -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, stride=2, padding=2, dilation=2)
+    local = LocallyConnected2d(3, 5, (9, 9), 3, stride=2, padding=2, dilation=2)
+    with torch.no_grad():
+        local.weight.copy_(conv.weight.reshape(5, -1).expand(local.weight.shape[0], -1, -1))
+        local.bias.copy_(conv.bias.view(5, 1, 1).expand_as(local.bias))
+    x = torch.randn(4, 3, 9, 9)
+    torch.testing.assert_close(local(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_fc_is_an_mlp_on_pixels() -> None:
+    model = build_model({**BASE, "arch": "fc", "fc_hidden": [32]}, 10)
+    assert not any(isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.modules())
+    assert sum(p.numel() for p in model.parameters()) == 3072 * 32 + 32 + 32 * 10 + 10

@@ -1,0 +1,62 @@
+"""MLflow tracking: one-time setup, killed runs marked, no two FINISHED runs per job key, idempotent sync."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from cnnablate.tracking import JOB_KEY_TAG, JobRun, job_run_logger, setup_study, sync_analyses
+
+
+def _setup(tmp_path):
+    return setup_study("demo", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlflow.json", tmp_path / "artifacts")
+
+
+def _runs(setup, key, deleted=False):
+    client = MlflowClient(setup["tracking_uri"])
+    view = 3 if deleted else 1  # ALL or ACTIVE_ONLY
+    return client.search_runs([setup["experiment_id"]], f"tags.`{JOB_KEY_TAG}` = '{key}'", run_view_type=view)
+
+
+def test_setup_is_idempotent_and_uses_wal(tmp_path) -> None:
+    first, second = _setup(tmp_path), _setup(tmp_path)
+    assert first == second
+    import sqlite3
+
+    mode = sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    assert json.loads((tmp_path / "mlflow.json").read_text())["parent_run_id"] == first["parent_run_id"]
+
+
+def test_killed_run_is_marked_and_rerun_leaves_one_finished(tmp_path) -> None:
+    setup = _setup(tmp_path)
+    killed = JobRun(setup, "demo/base/seed0", "base/seed0", {"variant": "base"})  # never finished: a kill
+    retry = JobRun(setup, "demo/base/seed0", "base/seed0", {"variant": "base"})
+    retry.log_metrics({"test_acc": 0.5}, step=1)
+    retry.finish()
+    statuses = {r.info.run_id: r.info.status for r in _runs(setup, "demo/base/seed0")}
+    assert statuses == {killed.run_id: "KILLED", retry.run_id: "FINISHED"}
+    rerun = JobRun(setup, "demo/base/seed0", "base/seed0", {"variant": "base"})
+    rerun.finish()
+    active = _runs(setup, "demo/base/seed0")
+    assert [r.info.run_id for r in active if r.info.status == "FINISHED"] == [rerun.run_id]
+    assert len(_runs(setup, "demo/base/seed0", deleted=True)) == 3
+    parent = MlflowClient(setup["tracking_uri"]).get_run(rerun.run_id).data.tags["mlflow.parentRunId"]
+    assert parent == setup["parent_run_id"]
+
+
+def test_sync_logs_analysis_numbers_once(tmp_path) -> None:
+    setup = _setup(tmp_path)
+    run = JobRun(setup, "demo/base/seed0", "base/seed0", {})
+    run.finish()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "shift.json").write_text(json.dumps({"shift_acc_0px": 0.9, "nested": {"a": 1, "label": "x"}}))
+    first = sync_analyses(setup, [("demo/base/seed0", run_dir)], ["shift"])
+    second = sync_analyses(setup, [("demo/base/seed0", run_dir)], ["shift"])
+    assert sorted(first["demo/base/seed0"]["logged"]) == ["shift.nested.a", "shift.shift_acc_0px"]
+    assert second["demo/base/seed0"]["logged"] == []
+    client = MlflowClient(setup["tracking_uri"])
+    assert len(client.get_metric_history(run.run_id, "shift.shift_acc_0px")) == 1
+    assert job_run_logger(setup, "demo/base/seed0").run_id == run.run_id
