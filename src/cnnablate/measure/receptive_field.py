@@ -1,0 +1,1059 @@
+"""Theoretical receptive fields derived from a model's computation graph.
+
+Araujo, Norris & Sim, "Computing Receptive Fields of Convolutional Neural Networks", Distill 2019.
+Per spatial axis every tensor carries three integers describing where its units look in the input:
+
+* ``size`` r: how many input pixels one unit depends on;
+* ``stride`` j (the *jump*): distance in input pixels between two neighbouring units;
+* ``padding`` p (the *effective padding*): unit ``i`` depends on input pixels ``-p + i*j`` to
+  ``-p + i*j + r - 1``.
+
+A window operation (convolution, pooling) with kernel k, stride s, left padding q and dilation d maps
+``(r, j, p)`` to ``(r + (d(k-1)) j, j s, p + q j)``. Where paths merge (residual additions,
+concatenations, any elementwise op) the field of unit 0 is the union of the incoming fields, which
+keeps the start offsets consistent across branches: ``p = max p_b`` and ``r = max(r_b - p_b) + p``.
+If the branches disagree on the jump (which well-formed CNNs never do) the largest one is reported.
+
+The graph comes from ``torch.fx`` symbolic tracing when that works and otherwise from one real forward
+pass recorded with module hooks and a ``TorchFunctionMode`` ("hooks"), so models with data-dependent
+control flow are covered too. No table of known architectures is involved: torch.nn layers and torch
+functions are interpreted by what they do, shapes come from running the model once on zeros.
+
+Conventions (shared with Araujo et al.):
+
+* BatchNorm, activations, dropout, channel mixing (1x1 convs, linear layers on channels) and all other
+  elementwise operations leave the field unchanged. Statistics-based normalisations (GroupNorm,
+  LayerNorm, InstanceNorm) and softmax over space are treated the same way although strictly they make
+  every unit depend weakly on the whole image.
+* A spatially pooled tensor broadcast back onto a feature map (squeeze-and-excitation, global context
+  blocks) is not counted in the field either, but the affected layers are flagged ``global_context``.
+* Upsampling (interpolation, transposed convolution, pixel shuffle) and adaptive pooling with windows of
+  unequal length have no ``(r, j, p)`` description; fields are undefined from there on.
+* A module from outside torch with ``nn.Conv2d``'s geometry attributes and no torch window layer inside
+  (e.g. a locally connected layer built on ``unfold``) counts as one window with that geometry.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+from torch import fx, nn
+from torch.overrides import TorchFunctionMode
+
+from cnnablate.measure.macs import InputSize, evaluation, input_shape, placed
+
+Pair = tuple[int, int]
+
+
+# --------------------------------------------------------------------------------------------------
+# Public results
+
+
+@dataclass(frozen=True)
+class RFLayer:
+    """Receptive field of the units of one graph node's output.
+
+    ``shape`` is the spatial shape of the output, ``axes`` the tensor dimensions holding its height and
+    width ((2, 3) for NCHW tensors), ``modules`` the module paths whose output this node is, outermost first.
+    """
+
+    name: str
+    op: str
+    modules: tuple[str, ...]
+    size: Pair
+    stride: Pair
+    padding: Pair
+    shape: Pair
+    axes: Pair
+    global_context: bool
+
+    def region(self, unit: Pair) -> tuple[Pair, Pair]:
+        """Inclusive input-pixel ranges ``((top, bottom), (left, right))`` seen by ``unit = (row, col)``."""
+        starts = [-self.padding[a] + unit[a] * self.stride[a] for a in (0, 1)]
+        return ((starts[0], starts[0] + self.size[0] - 1), (starts[1], starts[1] + self.size[1] - 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "name": self.name,
+            "op": self.op,
+            "modules": list(self.modules),
+            "size": list(self.size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "shape": list(self.shape),
+            "axes": list(self.axes),
+            "global_context": self.global_context,
+        }
+
+
+@dataclass(frozen=True)
+class RFResult:
+    """Theoretical receptive field at one layer (by default the last spatial feature map), plus all layers.
+
+    ``layer`` is the graph node name (``torch.fx`` naming, e.g. ``layer4_1_relu_1``); ``module`` the
+    outermost module whose output that node is (e.g. ``layer4``), if any. ``layers`` lists every node
+    that has a spatial field, in execution order.
+    """
+
+    size: Pair
+    stride: Pair
+    padding: Pair
+    layer: str
+    module: str | None
+    shape: Pair
+    global_context: bool
+    input_size: tuple[int, int, int]
+    method: str
+    layers: list[RFLayer] = field(repr=False)
+
+    def at(self, name: str) -> RFLayer:
+        """The layer entry for a graph node name or a module path (``"layer3"``, ``"features.28"``)."""
+        for entry in self.layers:
+            if name == entry.name:
+                return entry
+        for entry in self.layers:
+            if name in entry.modules:
+                return entry
+        raise KeyError(f"no spatial layer named {name!r}; known: {[e.name for e in self.layers]}")
+
+    def to_dict(self, layers: bool = False) -> dict[str, Any]:
+        """JSON-ready summary; ``layers=True`` adds the per-node table."""
+        out: dict[str, Any] = {
+            "size": list(self.size),
+            "stride": list(self.stride),
+            "padding": list(self.padding),
+            "layer": self.layer,
+            "module": self.module,
+            "shape": list(self.shape),
+            "global_context": self.global_context,
+            "input_size": list(self.input_size),
+            "method": self.method,
+        }
+        if layers:
+            out["layers"] = [entry.to_dict() for entry in self.layers]
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph representation shared by both frontends
+
+
+@dataclass(frozen=True)
+class _Ref:
+    """Reference to the tensor output of another op."""
+
+    name: str
+
+
+@dataclass
+class _Op:
+    name: str
+    kind: str  # "input" | "const" | "module" | "function" | "method"
+    target: Any  # nn.Module, callable or method name
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    shape: torch.Size | list[torch.Size]  # a list for ops returning several tensors
+
+
+def _shape_of(value: Any) -> torch.Size | list[torch.Size] | None:
+    if isinstance(value, torch.Tensor):
+        return value.shape
+    tensors = [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
+    return [t.shape for t in tensors] if tensors else None
+
+
+def _first_tensor(value: Any) -> torch.Tensor:
+    return next(v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor))
+
+
+_WINDOW_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation")
+_TORCH_WINDOWS = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+
+
+def _declares_window(m: nn.Module) -> bool:
+    """A module from outside torch that implements one window operation itself and says so.
+
+    It carries ``nn.Conv2d``'s geometry attributes (``kernel_size``, ``stride``, ``padding``,
+    ``dilation``) and contains no torch window layer (so it is not a block of several): e.g. a locally
+    connected layer computed with ``unfold`` and ``einsum``, whose flattened positions cannot be followed
+    through the graph. Such modules are treated as a single window with that geometry.
+    """
+    return (
+        not type(m).__module__.startswith("torch.")
+        and all(hasattr(m, a) for a in _WINDOW_ATTRIBUTES)
+        and not any(isinstance(sub, _TORCH_WINDOWS) for sub in m.modules())
+    )
+
+
+_FX_DEFAULT = fx.Tracer()
+
+
+def _is_leaf(m: nn.Module, path: str) -> bool:
+    """fx's notion of a leaf (torch.nn layers) plus self-declared windows."""
+    return _FX_DEFAULT.is_leaf_module(m, path) or _declares_window(m)
+
+
+class _ModuleOutputTracer(fx.Tracer):
+    """fx tracer that also remembers which node each module call returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.module_outputs: dict[str, str] = {}
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return _is_leaf(m, module_qualified_name)
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
+        out = super().call_module(m, forward, args, kwargs)
+        path = self.path_of_module(m)
+        if path and isinstance(out, fx.Proxy):
+            self.module_outputs[path] = out.node.name
+        return out
+
+
+class _ValueRecorder(fx.Interpreter):
+    """Shape propagation that also keeps non-tensor results (sizes used in ``view``, slice bounds)."""
+
+    def __init__(self, module: fx.GraphModule) -> None:
+        super().__init__(module)
+        self.shapes: dict[str, torch.Size | list[torch.Size]] = {}
+        self.values: dict[str, Any] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        shape = _shape_of(result)
+        if shape is None:
+            self.values[n.name] = result
+        else:
+            self.shapes[n.name] = shape
+        return result
+
+
+_FX_KIND = {
+    "placeholder": "input",
+    "get_attr": "const",
+    "call_module": "module",
+    "call_function": "function",
+    "call_method": "method",
+}
+
+
+class _FxGraph:
+    method = "fx"
+
+    def __init__(self, model: nn.Module) -> None:
+        tracer = _ModuleOutputTracer()
+        graph = tracer.trace(model)
+        self.gm = fx.GraphModule(tracer.root, graph)
+        self.aliases = tracer.module_outputs
+
+    def run(self, x: torch.Tensor) -> tuple[list[_Op], dict[str, str]]:
+        recorder = _ValueRecorder(self.gm)
+        recorder.run(x)
+        values = recorder.values
+
+        def resolve(node: fx.Node) -> Any:
+            return values[node.name] if node.name in values else _Ref(node.name)
+
+        ops: list[_Op] = []
+        for node in self.gm.graph.nodes:
+            if node.op == "output" or node.name not in recorder.shapes:  # non-tensors are inlined as args
+                continue
+            target = self.gm.get_submodule(node.target) if node.op == "call_module" else node.target
+            args = fx.node.map_arg(node.args, resolve)
+            kwargs = fx.node.map_arg(node.kwargs, resolve)
+            ops.append(_Op(node.name, _FX_KIND[node.op], target, args, kwargs, recorder.shapes[node.name]))
+        return ops, self.aliases
+
+    def feature(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A module computing only the output of node ``name`` (for gradients of that feature map)."""
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in self.gm.graph.nodes:
+            if node.op == "output":
+                break
+            env[node] = graph.node_copy(node, lambda n: env[n])
+            if node.name == name:
+                graph.output(env[node])
+                truncated = fx.GraphModule(self.gm, graph)
+                return lambda x: _first_tensor(truncated(x))
+        raise KeyError(f"no node named {name!r}")
+
+
+def _op_name(target: Any) -> str:
+    name = target if isinstance(target, str) else getattr(target, "__name__", type(target).__name__)
+    return name.strip("_")
+
+
+class _Recorder(TorchFunctionMode):
+    """Record one real forward pass as ops: torch.nn layers (fx's notion of leaf) and torch functions."""
+
+    def __init__(self, model: nn.Module, capture: str | None = None) -> None:
+        super().__init__()
+        self.ops: list[_Op] = []
+        self.aliases: dict[str, str] = {}
+        self.names: dict[int, str] = {}
+        self.keep: list[torch.Tensor] = []  # keeps recorded tensors alive so that their ids stay unique
+        self.counts: dict[str, int] = {}
+        self.depth = 0
+        self.capture = capture
+        self.captured: torch.Tensor | None = None
+        self.paths = {m: p for p, m in model.named_modules()}
+
+    def _unique(self, base: str) -> str:
+        base = re.sub(r"\W", "_", base) or "op"  # identifiers, like fx's node names
+        n = self.counts.get(base, 0)
+        self.counts[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def bind(self, tensor: torch.Tensor, name: str) -> None:
+        self.names[id(tensor)] = name
+        self.keep.append(tensor)
+        if name == self.capture:
+            self.captured = tensor
+
+    def _ref(self, value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        if id(value) not in self.names:
+            name = self._unique("const")
+            self.ops.append(_Op(name, "const", None, (), {}, value.shape))
+            self.bind(value, name)
+        return _Ref(self.names[id(value)])
+
+    def record(self, kind: str, target: Any, base: str, args: Any, kwargs: Any, out: Any) -> None:
+        shape = _shape_of(out)
+        if shape is None:
+            return
+        args, kwargs = pytree.tree_map(self._ref, (tuple(args), dict(kwargs)))
+        name = self._unique(base)
+        self.ops.append(_Op(name, kind, target, args, kwargs, shape))
+        if isinstance(out, torch.Tensor):
+            self.bind(out, name)
+            return
+        for i, tensor in enumerate(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)):
+            element = self._unique("getitem")
+            self.ops.append(_Op(element, "function", operator.getitem, (_Ref(name), i), {}, tensor.shape))
+            self.bind(tensor, element)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.depth == 0:
+            self.record("function", func, _op_name(func), args, kwargs, out)
+        return out
+
+    def pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if _is_leaf(module, self.paths.get(module, "")):
+            self.depth += 1
+
+    def post_hook(self, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
+        path = self.paths.get(module, "")
+        if _is_leaf(module, path):
+            self.depth -= 1
+            if self.depth == 0:
+                self.record("module", module, path or type(module).__name__.lower(), args, kwargs, out)
+        if self.depth == 0 and path and isinstance(out, torch.Tensor) and id(out) in self.names:
+            self.aliases[path] = self.names[id(out)]
+
+
+class _HookGraph:
+    method = "hooks"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def _forward(self, x: torch.Tensor, capture: str | None = None) -> _Recorder:
+        recorder = _Recorder(self.model, capture)
+        handles = []
+        for module in self.model.modules():
+            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
+            handles.append(module.register_forward_hook(recorder.post_hook, with_kwargs=True))
+        recorder.ops.append(_Op("x", "input", None, (), {}, x.shape))
+        recorder.bind(x, "x")
+        try:
+            with recorder:
+                out = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(id(t) not in recorder.names for t in outputs):
+            raise RuntimeError("the model's output was computed by code the hook tracer cannot see")
+        return recorder
+
+    def run(self, x: torch.Tensor) -> tuple[list[_Op], dict[str, str]]:
+        recorder = self._forward(x)
+        return recorder.ops, recorder.aliases
+
+    def feature(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def compute(x: torch.Tensor) -> torch.Tensor:
+            captured = self._forward(x, capture=name).captured
+            if captured is None:
+                raise KeyError(f"no op named {name!r}")
+            return captured
+
+        return compute
+
+
+_Graph = _FxGraph | _HookGraph
+
+
+def _trace(model: nn.Module, x: torch.Tensor, method: str) -> tuple[_Graph, list[_Op], dict[str, str]]:
+    if method not in ("auto", "fx", "hooks"):
+        raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
+    if method != "hooks":
+        try:
+            graph: _Graph = _FxGraph(model)
+            ops, aliases = graph.run(x)
+            return graph, ops, aliases
+        except Exception:
+            # Symbolic tracing fails in many ways (data-dependent control flow, non-traceable calls);
+            # whatever the reason, one recorded real forward pass describes the same computation.
+            if method == "fx":
+                raise
+    graph = _HookGraph(model)
+    ops, aliases = graph.run(x)
+    return graph, ops, aliases
+
+
+# --------------------------------------------------------------------------------------------------
+# Field propagation
+
+
+@dataclass(frozen=True)
+class _Field:
+    dims: Pair  # tensor dimensions holding (height, width)
+    size: Pair
+    stride: Pair
+    padding: Pair
+    global_context: bool = False
+
+
+@dataclass(frozen=True)
+class _Undefined:
+    reason: str
+
+
+class _NonSpatial:
+    """Depends on the input but has no spatial axes any more (flattened, globally reduced)."""
+
+
+_NON_SPATIAL = _NonSpatial()
+_State = _Field | _Undefined | _NonSpatial | None  # None: does not depend on the input at all
+
+
+def _pair(value: Any) -> Pair:
+    if isinstance(value, int):
+        return (value, value)
+    values = tuple(int(v) for v in value)
+    return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+
+def _conv_padding(padding: Any, kernel: Pair, dilation: Pair) -> Pair:
+    if padding == "valid":
+        return (0, 0)
+    if padding == "same":  # PyTorch puts the smaller half of an odd total on the left/top
+        return (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
+    return _pair(padding)
+
+
+def _arg(op: _Op, index: int, name: str, default: Any = None) -> Any:
+    return op.args[index] if len(op.args) > index else op.kwargs.get(name, default)
+
+
+def _single(shape: torch.Size | list[torch.Size]) -> torch.Size:
+    return shape if isinstance(shape, torch.Size) else shape[0]
+
+
+def _match(dims: Pair, shape_in: torch.Size, shape_out: torch.Size) -> Pair | None:
+    """Where the spatial axes of ``shape_in`` went in ``shape_out``: same sizes, from the end or the start."""
+    sizes = (shape_in[dims[0]], shape_in[dims[1]])
+    shift = len(shape_out) - len(shape_in)
+    for cand in ((dims[0] + shift, dims[1] + shift), dims):
+        if all(0 <= c < len(shape_out) for c in cand) and (shape_out[cand[0]], shape_out[cand[1]]) == sizes:
+            return cand
+    return None
+
+
+def _union(fields: list[_Field], global_context: bool) -> _Field:
+    dims = fields[0].dims
+    if any(f.dims != dims for f in fields):
+        raise NotImplementedError("merging tensors whose spatial axes are in different positions")
+    padding = tuple(max(f.padding[a] for f in fields) for a in (0, 1))
+    size = tuple(max(f.size[a] - f.padding[a] for f in fields) + padding[a] for a in (0, 1))
+    stride = tuple(max(f.stride[a] for f in fields) for a in (0, 1))
+    context = global_context or any(f.global_context for f in fields)
+    return _Field(dims, size, stride, padding, context)  # type: ignore[arg-type]
+
+
+_PADS_2D = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d, nn.CircularPad2d)
+_UPSAMPLING_MODULES = (
+    nn.ConvTranspose2d,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.MaxUnpool2d,
+    nn.FractionalMaxPool2d,
+    nn.Fold,
+    nn.Unfold,
+)
+_OTHER_RANK_MODULES = (
+    nn.Conv1d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose3d,
+    nn.MaxPool1d,
+    nn.MaxPool3d,
+    nn.AvgPool1d,
+    nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool3d,
+)
+_GLOBAL_MODULES = (
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+_UPSAMPLING_FUNCTIONS = {
+    "interpolate",
+    "upsample",
+    "upsample_nearest",
+    "upsample_bilinear",
+    "conv_transpose2d",
+    "pixel_shuffle",
+    "max_unpool2d",
+    "fractional_max_pool2d",
+    "fractional_max_pool2d_with_indices",
+    "grid_sample",
+    "fold",
+    "unfold",
+}
+_UNSUPPORTED_FUNCTIONS = {  # would need a rule of their own when they touch spatial axes
+    "conv1d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose3d",
+    "conv_tbc",
+    "max_pool1d",
+    "max_pool3d",
+    "avg_pool1d",
+    "avg_pool3d",
+    "adaptive_avg_pool1d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool1d",
+    "adaptive_max_pool3d",
+    "roll",
+    "flip",
+    "fliplr",
+    "flipud",
+    "rot90",
+    "cumsum",
+    "cumprod",
+    "cummax",
+    "cummin",
+    "logcumsumexp",
+    "sort",
+    "argsort",
+    "matmul",
+    "mm",
+    "bmm",
+    "baddbmm",
+    "einsum",
+    "tensordot",
+    "scaled_dot_product_attention",
+}
+_PERMUTES = {"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis", "t"}
+_RESHAPES = {
+    "view",
+    "reshape",
+    "flatten",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "view_as",
+    "reshape_as",
+    "expand",
+    "expand_as",
+    "contiguous",
+}
+_REDUCTIONS = {
+    "mean",
+    "sum",
+    "nanmean",
+    "nansum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "std",
+    "var",
+    "std_mean",
+    "var_mean",
+    "norm",
+    "logsumexp",
+    "prod",
+    "median",
+    "argmax",
+    "argmin",
+    "any",
+    "all",
+    "count_nonzero",
+}
+_SPLITS = {"split": 2, "split_with_sizes": 2, "chunk": 2, "tensor_split": 2, "unbind": 1}
+
+
+class _Propagator:
+    def __init__(self, ops: list[_Op]) -> None:
+        self.shapes = {op.name: op.shape for op in ops}
+        self.states: dict[str, _State] = {}
+        for op in ops:
+            self.states[op.name] = self._state(op)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _inputs(self, op: _Op) -> list[_Ref]:
+        return [v for v in pytree.tree_leaves((op.args, op.kwargs)) if isinstance(v, _Ref)]
+
+    def _source(self, op: _Op) -> tuple[_State, torch.Size]:
+        ref = op.args[0]
+        return self.states[ref.name], _single(self.shapes[ref.name])
+
+    def _spatial_field(self, op: _Op, what: str) -> _Field | None:
+        """The field of the op's main input if it is spatial; raises if the op needs the last two axes."""
+        state, shape = self._source(op)
+        if not isinstance(state, _Field):
+            return None
+        if state.dims != (len(shape) - 2, len(shape) - 1):
+            raise NotImplementedError(f"{op.name}: {what} on a tensor whose last two axes are not spatial")
+        return state
+
+    def _window(self, op: _Op, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _State:
+        src = self._spatial_field(op, "window operation")
+        if src is None:
+            return self._source(op)[0]
+        k, s, d = _pair(kernel), _pair(stride), _pair(dilation)
+        q = _conv_padding(padding, k, d)
+        return _Field(
+            src.dims,
+            tuple(src.size[a] + d[a] * (k[a] - 1) * src.stride[a] for a in (0, 1)),  # type: ignore[arg-type]
+            tuple(src.stride[a] * s[a] for a in (0, 1)),  # type: ignore[arg-type]
+            tuple(src.padding[a] + q[a] * src.stride[a] for a in (0, 1)),  # type: ignore[arg-type]
+            src.global_context,
+        )
+
+    def _adaptive(self, op: _Op) -> _State:
+        src = self._spatial_field(op, "adaptive pooling")
+        if src is None:
+            return self._source(op)[0]
+        shape_in, shape_out = self._source(op)[1], _single(op.shape)
+        kernel, stride = [], []
+        for d in src.dims:
+            n_in, n_out = shape_in[d], shape_out[d]
+            if n_in % n_out == 0:  # equal windows, including global pooling (n_out == 1)
+                kernel.append(n_in // n_out)
+                stride.append(n_in // n_out)
+            elif n_in == 1:  # replication of a single unit: every output unit sees the same field
+                kernel.append(1)
+                stride.append(0)
+            else:
+                return _Undefined(f"{op.name}: adaptive pooling {n_in} -> {n_out} has unequal windows")
+        return self._window(op, kernel, stride, 0, 1)
+
+    def _shift(self, op: _Op, top: int, left: int) -> _State:
+        src = self._spatial_field(op, "padding")
+        if src is None:
+            return self._source(op)[0]
+        padding = (src.padding[0] + top * src.stride[0], src.padding[1] + left * src.stride[1])
+        return replace(src, padding=padding)
+
+    def _spatial_inputs(self, op: _Op) -> list[_Field]:
+        return [s for s in (self.states[r.name] for r in self._inputs(op)) if isinstance(s, _Field)]
+
+    def _refuse(self, op: _Op, what: str) -> _State:
+        if self._spatial_inputs(op):
+            raise NotImplementedError(f"{op.name}: no receptive-field rule for {what} on spatial maps")
+        return self._generic(op, may_drop=True)
+
+    def _undefined(self, op: _Op, what: str) -> _State:
+        if self._spatial_inputs(op):
+            return _Undefined(f"{op.name}: {what} has no (size, stride, padding) description")
+        return self._generic(op, may_drop=True)
+
+    def _dim_is_spatial(self, op: _Op, dim: Any) -> bool:
+        if not isinstance(dim, int):
+            return False
+        for ref in self._inputs(op):
+            state = self.states[ref.name]
+            if isinstance(state, _Field) and dim % len(_single(self.shapes[ref.name])) in state.dims:
+                return True
+        return False
+
+    # -- rules ---------------------------------------------------------------------------------
+
+    def _state(self, op: _Op) -> _State:
+        if op.kind == "input":
+            n = len(_single(op.shape))
+            return _Field((n - 2, n - 1), (1, 1), (1, 1), (0, 0))
+        if op.kind == "const" or all(self.states[r.name] is None for r in self._inputs(op)):
+            return None
+        if op.kind == "module":
+            return self._module(op, op.target)
+        return self._function(op, _op_name(op.target))
+
+    def _module(self, op: _Op, m: nn.Module) -> _State:
+        if isinstance(m, nn.Conv2d):
+            return self._window(op, m.kernel_size, m.stride, m.padding, m.dilation)
+        if isinstance(m, nn.MaxPool2d):
+            return self._window(op, m.kernel_size, m.stride or m.kernel_size, m.padding, m.dilation)
+        if isinstance(m, nn.AvgPool2d):
+            return self._window(op, m.kernel_size, m.stride or m.kernel_size, m.padding, 1)
+        if isinstance(m, nn.LPPool2d):
+            return self._window(op, m.kernel_size, m.stride or m.kernel_size, 0, 1)
+        if isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+            return self._adaptive(op)
+        if isinstance(m, _PADS_2D):
+            left, _, top, _ = m.padding
+            return self._shift(op, top, left)
+        if isinstance(m, nn.PixelUnshuffle):
+            factor = m.downscale_factor
+            return self._window(op, factor, factor, 0, 1)
+        if isinstance(m, _UPSAMPLING_MODULES):
+            return self._undefined(op, type(m).__name__)
+        if isinstance(m, _OTHER_RANK_MODULES + _GLOBAL_MODULES):
+            return self._refuse(op, type(m).__name__)
+        if isinstance(m, nn.Linear | nn.Bilinear) and self._dim_is_spatial(op, -1):
+            raise NotImplementedError(f"{op.name}: a linear layer mixing a spatial axis")
+        if isinstance(m, nn.Softmax | nn.LogSoftmax | nn.Softmin):
+            return self._generic(op, global_context=self._dim_is_spatial(op, m.dim))
+        if _declares_window(m):
+            return self._window(op, m.kernel_size, m.stride, m.padding, m.dilation)
+        return self._generic(op, may_drop=isinstance(m, nn.Flatten | nn.Unflatten))
+
+    def _function(self, op: _Op, name: str) -> _State:
+        if name == "conv2d":
+            kernel = _single(self.shapes[_arg(op, 1, "weight").name])[-2:]
+            return self._window(
+                op, kernel, _arg(op, 3, "stride", 1), _arg(op, 4, "padding", 0), _arg(op, 5, "dilation", 1)
+            )
+        if name in ("max_pool2d", "max_pool2d_with_indices"):
+            kernel = _arg(op, 1, "kernel_size")
+            stride = _arg(op, 2, "stride") or kernel
+            return self._window(op, kernel, stride, _arg(op, 3, "padding", 0), _arg(op, 4, "dilation", 1))
+        if name == "avg_pool2d":
+            kernel = _arg(op, 1, "kernel_size")
+            return self._window(op, kernel, _arg(op, 2, "stride") or kernel, _arg(op, 3, "padding", 0), 1)
+        if name == "lp_pool2d":
+            kernel = _arg(op, 2, "kernel_size")
+            return self._window(op, kernel, _arg(op, 3, "stride") or kernel, 0, 1)
+        if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
+            return self._adaptive(op)
+        if name in ("pad", "constant_pad_nd"):
+            pad = [*_arg(op, 1, "pad"), 0, 0, 0, 0]
+            return self._shift(op, pad[2], pad[0])
+        if name == "pixel_unshuffle":
+            factor = _arg(op, 1, "downscale_factor")
+            return self._window(op, factor, factor, 0, 1)
+        if name in _UPSAMPLING_FUNCTIONS:
+            return self._undefined(op, name)
+        if name in _UNSUPPORTED_FUNCTIONS:
+            return self._refuse(op, name)
+        if name == "getitem":
+            return self._getitem(op)
+        if name in _PERMUTES:
+            return self._permute(op)
+        if name in ("cat", "concat", "concatenate"):
+            dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", op.kwargs.get("axis", 0))
+            if self._dim_is_spatial(op, dim):
+                raise NotImplementedError(f"{op.name}: concatenation along a spatial axis")
+            return self._generic(op)
+        if name in _SPLITS:
+            if self._dim_is_spatial(op, _arg(op, _SPLITS[name], "dim", 0)):
+                raise NotImplementedError(f"{op.name}: {name} along a spatial axis")
+            return self._generic(op)
+        if name in ("softmax", "log_softmax", "softmin"):
+            return self._generic(op, global_context=self._dim_is_spatial(op, _arg(op, 1, "dim")))
+        if name in ("linear", "bilinear") and self._dim_is_spatial(op, -1):
+            raise NotImplementedError(f"{op.name}: a linear map mixing a spatial axis")
+        return self._generic(op, may_drop=name in _RESHAPES or name in _REDUCTIONS)
+
+    def _getitem(self, op: _Op) -> _State:
+        source, index = op.args[0], op.args[1]
+        state = self.states[source.name]
+        if not isinstance(self.shapes[source.name], torch.Size) or not isinstance(state, _Field):
+            return state  # an element of a multi-output op shares its field; other states pass through
+        shape = self.shapes[source.name]
+        items = index if isinstance(index, tuple) else (index,)
+        if not all(it is None or it is Ellipsis or type(it) in (int, slice) for it in items):
+            return self._generic(op)  # advanced indexing: follow the axes by their sizes
+        used = sum(1 for it in items if it is not None and it is not Ellipsis)
+        mapping: dict[int, tuple[int | None, Any]] = {}
+        i = o = 0
+        for it in items:
+            if it is Ellipsis:
+                for _ in range(len(shape) - used):
+                    mapping[i] = (o, slice(None))
+                    i, o = i + 1, o + 1
+            elif it is None:
+                o += 1
+            elif isinstance(it, int):
+                mapping[i] = (None, it)
+                i += 1
+            else:
+                mapping[i] = (o, it)
+                i, o = i + 1, o + 1
+        while i < len(shape):
+            mapping[i] = (o, slice(None))
+            i, o = i + 1, o + 1
+        dims, stride, padding = [], [], []
+        for a, d in enumerate(state.dims):
+            out_dim, item = mapping[d]
+            if out_dim is None:
+                return _NON_SPATIAL
+            start, _, step = item.indices(shape[d])
+            if step < 1:
+                raise NotImplementedError(f"{op.name}: slicing a spatial axis with step {step}")
+            dims.append(out_dim)
+            stride.append(state.stride[a] * step)
+            padding.append(state.padding[a] - start * state.stride[a])
+        return replace(state, dims=tuple(dims), stride=tuple(stride), padding=tuple(padding))
+
+    def _permute(self, op: _Op) -> _State:
+        state, shape = self._source(op)
+        if not isinstance(state, _Field):
+            return state
+        # Apply the same permutation to a meta tensor whose axes have distinct sizes and see where they go.
+        probe = torch.empty(tuple(range(2, len(shape) + 2)), device="meta")
+        fn = getattr(probe, op.target) if op.kind == "method" else functools.partial(op.target, probe)
+        moved = list(fn(*op.args[1:], **op.kwargs).shape)
+        return replace(state, dims=(moved.index(state.dims[0] + 2), moved.index(state.dims[1] + 2)))
+
+    def _generic(self, op: _Op, may_drop: bool = False, global_context: bool = False) -> _State:
+        """Elementwise / channel-wise ops and merges: union of the fields that keep their spatial axes."""
+        outputs = [op.shape] if isinstance(op.shape, torch.Size) else op.shape
+        fields: list[_Field] = []
+        for ref in self._inputs(op):
+            state = self.states[ref.name]
+            if state is None:
+                continue
+            if isinstance(state, _Undefined):
+                return state
+            if isinstance(state, _NonSpatial):
+                global_context = True  # only matters if it is broadcast onto a spatial map
+                continue
+            shape = _single(self.shapes[ref.name])
+            dims = {_match(state.dims, shape, out) for out in outputs}
+            if len(dims) == 1 and None not in dims:
+                fields.append(replace(state, dims=dims.pop()))
+            elif all(shape[d] == 1 for d in state.dims):
+                global_context = True  # a pooled map broadcast onto a larger one
+            elif not may_drop:
+                raise NotImplementedError(
+                    f"{op.name} ({_op_name(op.target)}): cannot follow the spatial axes {tuple(shape)} -> "
+                    f"{[tuple(o) for o in outputs]}"
+                )
+        return _union(fields, global_context) if fields else _NON_SPATIAL
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _describe(op: _Op) -> str:
+    if op.kind == "module":
+        return type(op.target).__name__
+    return op.kind if op.kind in ("input", "const") else _op_name(op.target)
+
+
+def _summarise(
+    ops: list[_Op], aliases: dict[str, str], shape: tuple[int, int, int], method: str, layer: str | None
+) -> RFResult:
+    states = _Propagator(ops).states
+    modules: dict[str, list[str]] = {}
+    for path, node in aliases.items():
+        modules.setdefault(node, []).append(path)
+    layers = []
+    for op in ops:
+        state = states[op.name]
+        if isinstance(state, _Field):
+            out = _single(op.shape)
+            layers.append(
+                RFLayer(
+                    name=op.name,
+                    op=_describe(op),
+                    modules=tuple(sorted(modules.get(op.name, []), key=lambda p: (p.count("."), p))),
+                    size=state.size,
+                    stride=state.stride,
+                    padding=state.padding,
+                    shape=(out[state.dims[0]], out[state.dims[1]]),
+                    axes=state.dims,
+                    global_context=state.global_context,
+                )
+            )
+    if layer is None:
+        pointwise = ((1, 1), (1, 1), (0, 0))  # the input, or pointwise functions of it (normalisation)
+        candidates = [
+            e
+            for e in layers
+            if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
+        ]
+        if not candidates:
+            raise ValueError("the model has no spatial feature map (a window applied, several units)")
+        chosen = candidates[-1]
+    else:
+        node = layer if layer in states else aliases.get(layer, layer)  # a node name, else a module path
+        state = states.get(node)
+        if isinstance(state, _Undefined):
+            raise ValueError(f"receptive field of {layer!r} is undefined: {state.reason}")
+        if not isinstance(state, _Field):
+            raise ValueError(f"{layer!r} is not a spatial feature map of this model")
+        chosen = next(e for e in layers if e.name == node)
+    return RFResult(
+        size=chosen.size,
+        stride=chosen.stride,
+        padding=chosen.padding,
+        layer=chosen.name,
+        module=chosen.modules[0] if chosen.modules else None,
+        shape=chosen.shape,
+        global_context=chosen.global_context,
+        input_size=shape,
+        method=method,
+        layers=layers,
+    )
+
+
+def _analyse(
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    device: torch.device,
+    dtype: torch.dtype,
+    method: str,
+    layer: str | None,
+) -> tuple[_Graph, RFResult]:
+    """Trace ``model`` (already in eval mode on ``device``) and summarise its fields at ``shape``."""
+    x = torch.zeros((1, *shape), device=device, dtype=dtype)
+    with torch.no_grad():
+        graph, ops, aliases = _trace(model, x, method)
+    return graph, _summarise(ops, aliases, shape, graph.method, layer)
+
+
+def _rf_on(
+    graph: _Graph, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype, layer: str
+) -> RFResult:
+    """Re-run an existing trace at another input size."""
+    with torch.no_grad():
+        ops, aliases = graph.run(torch.zeros((1, *shape), device=device, dtype=dtype))
+    return _summarise(ops, aliases, shape, graph.method, layer)
+
+
+def theoretical_rf(
+    model: nn.Module,
+    input_size: InputSize,
+    layer: str | None = None,
+    *,
+    method: str = "auto",
+    device: torch.device | str | None = None,
+) -> RFResult:
+    """Theoretical receptive field (size, effective stride, effective padding per axis ``(h, w)``).
+
+    By default reported at the last feature map that still has spatial extent (more than one unit along
+    some axis, before global pooling / flatten), as in Araujo et al.'s tables; maps that are pointwise
+    functions of the input pixels do not count, so a network without any spatial window (an MLP) raises
+    ``ValueError``. ``layer`` selects another map by graph node name or module path (``"layer3"``).
+    All nodes are in ``result.layers``.
+    ``method`` picks the graph frontend: ``"fx"``, ``"hooks"`` or ``"auto"`` (fx, else hooks). The model
+    runs once on zeros, in eval mode, and its training flags are restored.
+    """
+    shape = input_shape(input_size)
+    with evaluation(model), placed(model, device) as (dev, dtype):
+        return _analyse(model, shape, dev, dtype, method, layer)[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helper
+
+
+_ACTIVATIONS = tuple(  # torch.nn activations, except the softmax family, attention and GLU (halves channels)
+    cls
+    for cls in vars(nn.modules.activation).values()
+    if isinstance(cls, type)
+    and issubclass(cls, nn.Module)
+    and cls.__module__ == nn.modules.activation.__name__
+    and cls not in (nn.MultiheadAttention, nn.Softmax, nn.Softmin, nn.LogSoftmax, nn.Softmax2d, nn.GLU)
+)
+_STATISTICS_NORMS = (nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm, nn.modules.instancenorm._InstanceNorm)
+
+
+def _linear_substitute(module: nn.Module) -> nn.Module:
+    if isinstance(module, _ACTIVATIONS):
+        return nn.Identity()
+    if isinstance(module, _STATISTICS_NORMS):
+        return nn.Identity()
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+        return nn.Identity()
+    if isinstance(module, nn.MaxPool2d):
+        if _pair(module.dilation) != (1, 1):
+            raise NotImplementedError("dilated max pooling has no average-pooling equivalent")
+        return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
+    if isinstance(module, nn.AdaptiveMaxPool2d):
+        return nn.AdaptiveAvgPool2d(module.output_size)
+    return module
+
+
+def _substitute_children(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        new = _linear_substitute(child)
+        if new is child:
+            _substitute_children(child)
+        else:
+            setattr(module, name, new)
+
+
+def positive_linear_copy(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A copy of ``model`` whose input gradients are non-zero exactly on the theoretical receptive field.
+
+    Used to check :func:`theoretical_rf` independently, by autograd: activation modules become
+    identities, max pooling becomes average pooling of the same geometry, weights are set to
+    ``1 / fan_in`` (positive, and keeping activations of order one however deep the network), biases to
+    zero, BatchNorm to a positive affine map in eval mode (unit scale, zero shift and statistics), other
+    normalisation layers to identities. With no cancellation possible, every path through the network
+    contributes a strictly positive term, so the gradient support is the union of all paths. Feed it a
+    positive input: functional nonlinearities (``F.relu``) in forward code cannot be replaced but act as
+    identities on positive activations. The copy is in eval mode with gradients off for its parameters.
+    """
+    clone = copy.deepcopy(model)
+    _substitute_children(clone)
+    if dtype is not None:
+        clone.to(dtype)
+    with torch.no_grad():
+        for module in clone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.zero_()
+                module.running_var.fill_(1.0)
+                if module.affine:
+                    module.weight.fill_(1.0)
+                    module.bias.zero_()
+                continue
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() > 1:
+                weight.fill_(1.0 / weight[0].numel())
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
+    clone.eval()
+    clone.requires_grad_(False)
+    return clone

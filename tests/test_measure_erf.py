@@ -1,0 +1,158 @@
+"""Effective receptive fields: exact values for linear stacks, canvas, normalisation, summaries, JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnablate.measure import AREA_THRESHOLDS, effective_rf, measure_model, positive_linear_copy
+
+
+def uniform_stack(n: int, k: int) -> nn.Sequential:
+    """n single-channel k x k convolutions with weights 1/k^2: the ERF is the n-fold box convolution."""
+    convs = [nn.Conv2d(1, 1, k, bias=False) for _ in range(n)]
+    for conv in convs:
+        nn.init.constant_(conv.weight, 1.0 / k**2)
+    return nn.Sequential(*convs).double()
+
+
+def dilated_stack() -> nn.Sequential:
+    """3x3 convs with dilations 1, 2, 4, 8, 7 and 'same' padding: TRF 1 + 2 * 22 = 45."""
+    layers: list[nn.Module] = []
+    for i, d in enumerate([1, 2, 4, 8, 7]):
+        layers += [nn.Conv2d(3 if i == 0 else 4, 4, 3, padding=d, dilation=d), nn.ReLU()]
+    return nn.Sequential(*layers)
+
+
+@pytest.mark.parametrize(("n", "k"), [(1, 3), (2, 3), (5, 3), (3, 5), (2, 7), (4, 5)])
+def test_std_of_uniform_stack_is_exact(n: int, k: int) -> None:
+    result = effective_rf(uniform_stack(n, k), input_size=(1, 40, 40), n_random=1)
+    expected = math.sqrt(n * (k**2 - 1) / 12)
+    assert result.std == pytest.approx((expected, expected), rel=1e-6)
+    assert result.trf.size == (n * (k - 1) + 1,) * 2
+    assert result.map.shape == result.trf.size
+    assert result.erf_size == pytest.approx((math.sqrt(n * (k**2 - 1) + 1),) * 2, rel=1e-6)
+
+
+def test_flat_field_summaries() -> None:
+    result = effective_rf(uniform_stack(1, 5), input_size=(1, 9, 9), n_random=1)
+    np.testing.assert_allclose(result.map, np.full((5, 5), 1 / 25))
+    assert result.erf_trf_ratio == pytest.approx(1.0)  # a flat ERF is as wide as its TRF
+    assert result.radius95 == 2
+    # RepLKNet's squares start at 3x3 (9/25 of the map) and need strictly more than t of the total
+    assert result.area_ratio == pytest.approx({0.2: 0.36, 0.3: 0.36, 0.5: 1.0, 0.99: 1.0})
+
+
+def test_random_inputs_are_seeded() -> None:
+    torch.manual_seed(0)
+    model = dilated_stack()
+    a = effective_rf(model, input_size=48, n_random=3, seed=1)
+    b = effective_rf(model, input_size=48, n_random=3, seed=1)
+    c = effective_rf(model, input_size=48, n_random=3, seed=2)
+    assert (a.source, a.n_images, a.seed) == ("random", 3, 1)
+    np.testing.assert_array_equal(a.map, b.map)
+    assert not np.array_equal(a.map, c.map)
+
+
+def test_images_are_used_and_zero_padded_centrally() -> None:
+    squaring = nn.Sequential()
+    squaring.add_module("square", Square())
+    squaring.add_module("body", positive_linear_copy(dilated_stack()))
+    images = torch.ones((2, 3, 32, 32))
+    result = effective_rf(squaring, images=images)
+    assert (result.source, result.n_images, result.image_size) == ("images", 2, (32, 32))
+    assert result.canvas[0] >= 45 and not result.truncated
+    # d(x^2)/dx = 2x vanishes on the zero padding: the non-zero part of the map is the image, centred
+    rows = np.flatnonzero(result.map.any(axis=1))
+    assert len(rows) == 32
+    assert abs(rows.mean() - (result.map.shape[0] - 1) / 2) <= 1
+
+
+class Square(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * x
+
+
+def test_canvas_is_enlarged_when_the_trf_exceeds_the_image() -> None:
+    model = positive_linear_copy(dilated_stack())
+    result = effective_rf(model, input_size=32, n_random=2)
+    assert result.trf.size == (45, 45)
+    assert min(result.canvas) >= 45 and not result.truncated
+    support = result.map > 0
+    assert support.any(axis=1).all() and support.any(axis=0).all()  # not cut: spans the whole TRF
+    cut = effective_rf(model, input_size=32, n_random=2, canvas=32)
+    assert cut.truncated
+    assert not (cut.map > 0).any(axis=1).all()
+    with pytest.raises(ValueError, match="smaller"):
+        effective_rf(model, input_size=32, canvas=16)
+
+
+class FixedSize(nn.Module):
+    """Runs only at 16x16 (like a locally connected layer): the ERF falls back to the image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = dilated_stack()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (16, 16):
+            raise RuntimeError("this model only runs at 16x16")
+        return self.body(x)
+
+
+def test_models_bound_to_their_input_size_are_measured_on_the_image() -> None:
+    result = effective_rf(FixedSize(), input_size=16, n_random=2)
+    assert result.canvas == (16, 16) and result.truncated
+    assert result.map.shape == (45, 45) and result.map.sum() == pytest.approx(1.0)
+
+
+def test_map_is_normalised_centred_and_summaries_are_consistent() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)
+    )
+    model.train()
+    before = model[1].running_mean.clone()
+    result = effective_rf(model, input_size=24, n_random=4)
+    assert model.training and torch.equal(model[1].running_mean, before)  # measured in eval mode, restored
+    assert result.map.dtype == np.float64
+    assert result.map.min() >= 0 and result.map.sum() == pytest.approx(1.0, abs=1e-12)
+    assert result.map.shape == result.trf.size == (7, 7)
+    assert result.unit == (6, 6)  # centre of the 12x12 map
+    rows, cols = np.indices(result.map.shape)
+    centre = (result.map.shape[0] - 1) / 2
+    assert abs((result.map * rows).sum() - centre) < 1.5 and abs((result.map * cols).sum() - centre) < 1.5
+    ratios = [result.area_ratio[t] for t in AREA_THRESHOLDS]
+    assert ratios == sorted(ratios) and ratios[0] > 0 and ratios[-1] <= 1
+    assert 0 <= result.radius95 <= 3
+    assert result.std_mean == pytest.approx(sum(result.std) / 2)
+    assert result.erf_trf_ratio == pytest.approx(np.mean([result.erf_size[a] / 7 for a in (0, 1)]))
+
+
+def test_layer_selection_and_json() -> None:
+    torch.manual_seed(0)
+    model = dilated_stack()
+    result = effective_rf(model, input_size=32, layer="2", n_random=2)
+    assert result.trf.size == (7, 7) and result.trf.modules == ("2",)
+    summary = json.loads(json.dumps(result.to_dict()))
+    assert summary["layer"] == result.layer and "map" not in summary
+    assert set(summary["area_ratio"]) == {str(t) for t in AREA_THRESHOLDS}
+
+
+def test_measure_model(tmp_path: object) -> None:
+    torch.manual_seed(0)
+    model = dilated_stack()
+    path = tmp_path / "erf.npy"  # type: ignore[operator]
+    result = measure_model(model, 32, erf=True, n_random=2, erf_map_path=path)
+    json.dumps(result)
+    assert result["params"] == sum(p.numel() for p in model.parameters())
+    assert result["flops"] == 2 * result["macs"] > 0
+    assert result["trf"]["size"] == [45, 45]
+    assert result["erf"]["canvas"][0] >= 45 and result["erf"]["map_path"] == str(path)
+    assert np.load(path).shape == (45, 45)
+    assert measure_model(model, 32)["erf"] is None
