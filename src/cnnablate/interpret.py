@@ -14,23 +14,8 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency  # noqa: E402
 from torch import nn  # noqa: E402
 
 from cnnablate.filters import first_conv_weight  # noqa: E402
+from cnnablate.models import stage_outputs  # noqa: E402
 from cnnablate.runs import LoadedRun  # noqa: E402
-
-
-def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The activation closing each stage: the last activation before each downsampling and the head."""
-    children = list(model.named_children()) if isinstance(model, nn.Sequential) else []
-    stages, last_activation = [], None
-    for name, module in children:
-        if isinstance(module, nn.ReLU | nn.GELU | nn.SiLU):
-            last_activation = (name, module)
-        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d) and last_activation:
-            stages.append(last_activation)
-            last_activation = None
-        elif isinstance(module, nn.Conv2d) and module.stride != (1, 1) and last_activation:
-            stages.append(last_activation)
-            last_activation = None
-    return stages
 
 
 def pick_examples(labels: torch.Tensor, count: int) -> list[int]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+ACTIVATIONS_TYPES = (nn.ReLU, nn.GELU, nn.SiLU)
 
 
 class LocallyConnected2d(nn.Module):
@@ -110,3 +111,29 @@ def build_model(spec: Mapping[str, Any], num_classes: int, in_channels: int = 3,
     if spec["arch"] in ("conv", "local"):
         return build_spatial_network(spec, num_classes, in_channels, image_size)
     raise ValueError(f"arch: unknown value {spec['arch']!r}; allowed values: fc, local, conv")
+
+
+def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The activation closing each stage: the last activation before each downsampling and the head."""
+    children = list(model.named_children()) if isinstance(model, nn.Sequential) else []
+    stages, last_activation = [], None
+    for name, module in children:
+        if isinstance(module, ACTIVATIONS_TYPES):
+            last_activation = (name, module)
+        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d) and last_activation:
+            stages.append(last_activation)
+            last_activation = None
+        elif isinstance(module, nn.Conv2d | LocallyConnected2d) and module.stride not in (1, (1, 1)) \
+                and last_activation:
+            stages.append(last_activation)
+            last_activation = None
+    return stages
+
+
+def block_outputs(model: nn.Module) -> list[str]:
+    """Names of the activations closing every (conv, norm, activation) block, in depth order."""
+    if not isinstance(model, nn.Sequential) or not any(
+            isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.children()):
+        return []
+    return [name for name, module in model.named_children() if isinstance(module, ACTIVATIONS_TYPES)]
+

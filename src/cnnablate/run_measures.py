@@ -13,6 +13,7 @@ import torch
 
 from cnnablate.filters import edge_match_score, first_conv_weight
 from cnnablate.measure import count_macs, count_params, effective_rf, theoretical_rf
+from cnnablate.models import block_outputs
 from cnnablate.runs import load_run
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,21 @@ def _rf_summary(model: torch.nn.Module, input_size: tuple[int, int, int], images
     return {"trf": trf.to_dict(), "erf": erf.to_dict()}, erf.map
 
 
+def erf_by_depth(trained: torch.nn.Module, initial: torch.nn.Module, input_size: tuple[int, int, int],
+                 images: torch.Tensor, erf_canvas: int | None) -> list[dict[str, Any]]:
+    """TRF and ERF after every block (depth 1, 2, ...), trained and at initialisation: how both grow."""
+    rows = []
+    for depth, layer in enumerate(block_outputs(trained), start=1):
+        trf = theoretical_rf(trained, input_size, layer=layer)
+        row: dict[str, Any] = {"depth": depth, "layer": layer, "trf_size": trf.size[0]}
+        for stage, model, inputs in (("trained", trained, images), ("init", initial, None)):
+            erf = effective_rf(model, images=inputs, input_size=input_size, layer=layer, canvas=erf_canvas)
+            row[f"erf_std_{stage}"] = erf.std_mean
+            row[f"erf_trf_ratio_{stage}"] = erf.erf_trf_ratio
+        rows.append(row)
+    return rows
+
+
 def measure_run(run_dir: str | Path, dataset: str | Path, outputs: Mapping[str, str], erf_images: int,
                 erf_canvas: int | None) -> dict[str, Any]:
     """Write measures.json, the ERF maps (init, trained) and their figure for one finished run."""
@@ -45,6 +61,7 @@ def measure_run(run_dir: str | Path, dataset: str | Path, outputs: Mapping[str, 
     at_init, map_init = _rf_summary(initial.model, input_size, None, erf_canvas)
     after, map_trained = _rf_summary(trained.model, input_size, images, erf_canvas)
     result["trf"] = after["trf"]
+    result["erf_by_depth"] = erf_by_depth(trained.model, initial.model, input_size, images, erf_canvas)
     result["erf_init"] = at_init["erf"]
     result["erf"] = after["erf"]
     if after["erf"] and at_init["erf"]:

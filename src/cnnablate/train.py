@@ -115,6 +115,26 @@ def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Mo
     return step
 
 
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The random stream of one epoch (order, crops, flips): a resumed run replays it exactly."""
+    return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
+
+
+def run_epoch(step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+              scheduler: torch.optim.lr_scheduler.LRScheduler, data: DeviceDataset, batch_size: int,
+              recipe: Mapping[str, Any], generator: torch.Generator) -> tuple[float, float]:
+    """One pass over the training set; loss and accuracy accumulate on the device and sync once at the end."""
+    loss_sum = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.long)
+    for images, labels in data.train_batches(batch_size, generator, recipe["crop_padding"], recipe["flip"]):
+        loss, hits = step(images, labels)
+        loss_sum += loss * labels.shape[0]
+        correct += hits
+        scheduler.step()
+    seen = data.steps_per_epoch(batch_size) * batch_size
+    return loss_sum.item() / seen, correct.item() / seen
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: DeviceChoice) -> tuple[float, float]:
     """Mean cross-entropy (no smoothing) and accuracy on a split."""
@@ -243,20 +263,11 @@ def train(job: TrainJob) -> dict[str, Any]:
     status = "FAILED"
     try:
         for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
-            generator = torch.Generator(device=choice.device).manual_seed(job.seed * 100_003 + epoch)
-            loss_sum = torch.zeros((), device=choice.device)
-            correct = torch.zeros((), device=choice.device, dtype=torch.long)
             epoch_start = time.time()
-            for images, labels in train_data.train_batches(batch_size, generator, recipe["crop_padding"],
-                                                            recipe["flip"]):
-                loss, hits = step(images, labels)
-                loss_sum += loss * labels.shape[0]
-                correct += hits
-                scheduler.step()
-                if first_step_at is None:
-                    first_step_at = time.time()
+            train_loss, train_acc = run_epoch(step, scheduler, train_data, batch_size, recipe,
+                                              epoch_generator(job.seed, epoch, choice.device))
+            first_step_at = first_step_at or epoch_start
             seen = steps_per_epoch * batch_size
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen  # one sync per epoch
             epoch_seconds = time.time() - epoch_start
             train_seconds += epoch_seconds
             if not math.isfinite(train_loss):

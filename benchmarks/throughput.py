@@ -1,0 +1,180 @@
+"""Training throughput, side by side and interleaved: the project's loop, its ceiling, and a textbook loop.
+
+(a) project: cnnablate.train.run_epoch, the loop every training job runs (device-resident uint8 data,
+    batched tensor augmentation, metrics accumulated on the device);
+(b) ceiling: the same step function over batches made before timing (forward, backward, optimizer step only);
+(c) textbook: a torchvision dataset with per-sample PIL transforms and a DataLoader with workers.
+
+Epochs of (a), (b) and (c) alternate, so drifts of the machine hit all three alike; the table reports
+medians over repeats. It also runs one real training job in a fresh process and splits its fixed cost
+(process start to first step, last step to exit).
+
+    python benchmarks/throughput.py --config config/demo.yaml [--variant base] [--train-size 50000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnablate.config import Study, load_config
+from cnnablate.data import make_synthetic, prepare_dataset
+from cnnablate.devices import choose_device
+from cnnablate.loader import DeviceDataset
+from cnnablate.models import build_model
+from cnnablate.train import epoch_generator, lr_multiplier, make_optimizer, make_step, run_epoch
+
+
+def textbook_loader(x: np.ndarray, y: np.ndarray, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
+                    workers: int, pin: bool) -> torch.utils.data.DataLoader:
+    """What most tutorials write: PIL images, per-sample transforms, a DataLoader with worker processes."""
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.datasets import VisionDataset
+
+    class ArrayImages(VisionDataset):
+        def __init__(self) -> None:
+            super().__init__(root="", transform=transforms.Compose([
+                transforms.RandomCrop(x.shape[1], padding=4), transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(), transforms.Normalize(mean.tolist(), std.tolist())]))
+
+        def __len__(self) -> int:
+            return len(y)
+
+        def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+            return self.transform(Image.fromarray(x[index])), int(y[index])
+
+    return torch.utils.data.DataLoader(ArrayImages(), batch_size=batch_size, shuffle=True, drop_last=True,
+                                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def job_overhead(config_path: Path, variant: str) -> dict[str, float]:
+    """Run one real 1-epoch training job (with MLflow) in a fresh process; split its fixed cost."""
+    with tempfile.TemporaryDirectory() as scratch:
+        code = f"""
+import json, sys, time
+from pathlib import Path
+from cnnablate.config import Study, load_config
+from cnnablate.data import prepare_dataset
+from cnnablate.tracking import setup_study
+from cnnablate.train import TrainJob, train
+config = load_config({str(config_path)!r})
+config["train"]["epochs"] = 1
+study = Study.from_config(config)
+root = Path({scratch!r})
+prepare_dataset(config["data"]).save(root / "data.npz")
+setup_study("bench", "sqlite:///" + str(root / "mlflow.db"), root / "mlflow.json", root / "artifacts")
+metrics = train(TrainJob("bench", {variant!r}, 0, study.variants[{variant!r}].spec, config["train"],
+                         root / "data.npz", root / "run", root / "ckpt.pt", root / "mlflow.json"))
+print(json.dumps(metrics["overhead_seconds"] | {{"train_seconds": metrics["train_seconds"]}}))
+print(json.dumps({{"returned_at": time.time()}}))
+"""
+        started = time.time()
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        exited = time.time()
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    parts, returned = lines[0], lines[1]["returned_at"]
+    parts["interpreter_exit"] = exited - returned
+    parts["wall"] = exited - started
+    return parts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
+    parser.add_argument("--variant", default="base")
+    parser.add_argument("--train-size", type=int, help="use this many synthetic training images instead")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the textbook loop")
+    parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if CUDA is available")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    recipe = config["train"]
+    torch.set_num_threads(recipe["threads"])
+    arrays = (make_synthetic(args.train_size, 1000, seed=0, contrast=1.0) if args.train_size
+              else prepare_dataset(config["data"]))
+    choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], args.cpu)
+    data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
+    spec = Study.from_config(config).variants[args.variant].spec
+    batch_size = min(recipe["batch_size"], len(data))
+    images_per_epoch = data.steps_per_epoch(batch_size) * batch_size
+
+    torch.manual_seed(0)
+    _, height, _, channels = arrays.x_train.shape
+    model = build_model(spec, arrays.num_classes, channels, height).to(choice.device)
+    model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
+    optimizer = make_optimizer(model, recipe, choice.device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, 10**9, 0, "constant"))
+    step = make_step(model, optimizer, nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"]), choice,
+                     recipe["compile"])
+    premade = list(data.train_batches(batch_size, epoch_generator(0, 0, choice.device), recipe["crop_padding"],
+                                      recipe["flip"]))
+    loader = textbook_loader(arrays.x_train, arrays.y_train, data.mean.flatten().cpu(), data.std.flatten().cpu(),
+                             batch_size, args.workers, choice.device.type == "cuda")
+
+    def project_epoch(epoch: int) -> None:
+        run_epoch(step, scheduler, data, batch_size, recipe, epoch_generator(0, epoch, choice.device))
+
+    def ceiling_epoch(_: int) -> None:
+        for images, labels in premade:
+            step(images, labels)
+        synchronize(choice.device)
+
+    def textbook_epoch(_: int) -> None:
+        for images, labels in loader:
+            images = images.to(choice.device, non_blocking=True).contiguous(memory_format=data.memory_format)
+            loss, _ = step(images, labels.to(choice.device, non_blocking=True))
+            loss.item()  # the textbook loop reads the loss every step
+        synchronize(choice.device)
+
+    loops = {"a_project": project_epoch, "b_ceiling": ceiling_epoch, "c_textbook": textbook_epoch}
+    for loop in loops.values():  # warm-up: allocator, cuDNN autotuning, compilation, worker start
+        loop(0)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for repeat in range(args.repeats):
+        for name, loop in loops.items():
+            synchronize(choice.device)
+            started = time.perf_counter()
+            loop(repeat + 1)
+            times[name].append(time.perf_counter() - started)
+
+    rates = {name: images_per_epoch / statistics.median(values) for name, values in times.items()}
+    print(f"\nvariant {args.variant}, {images_per_epoch} images/epoch, batch {batch_size}, {choice.description}, "
+          f"autocast {choice.autocast_dtype}, channels_last {choice.channels_last}, compile {recipe['compile']}, "
+          f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved epochs")
+    print(f"{'loop':<12}{'ms/epoch':>12}{'images/s':>12}   epochs (ms)")
+    for name, values in times.items():
+        print(f"{name:<12}{statistics.median(values) * 1e3:>12.1f}{rates[name]:>12.0f}   "
+              + " ".join(f"{v * 1e3:.0f}" for v in values))
+    ratios = {"a/b": rates["a_project"] / rates["b_ceiling"], "a/c": rates["a_project"] / rates["c_textbook"]}
+    print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    result = {"variant": args.variant, "device": choice.description, "images_per_epoch": images_per_epoch,
+              "seconds": times, "images_per_second": rates, "ratios": ratios}
+    if not args.skip_overhead:
+        overhead = job_overhead(args.config, args.variant)
+        result["job_overhead_seconds"] = overhead
+        print("fixed cost of one training job (s): " + ", ".join(f"{k} {v:.2f}" for k, v in overhead.items()))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
