@@ -5,7 +5,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-if not config:  # only when no --configfile is given: Snakemake would otherwise merge both files
+# Load the default config only when no --configfile is given: Snakemake would otherwise merge both files.
+if not config:
 
     configfile: "config/config.yaml"
 
@@ -14,9 +15,9 @@ include: "workflow/rules/common.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_targets,
-    default_target: True
 
 
 include: "workflow/rules/data.smk"

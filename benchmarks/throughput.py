@@ -35,8 +35,15 @@ from cnnablate.models import build_model
 from cnnablate.train import epoch_generator, lr_multiplier, make_optimizer, make_step, run_epoch
 
 
-def textbook_loader(x: np.ndarray, y: np.ndarray, mean: torch.Tensor, std: torch.Tensor, batch_size: int,
-                    workers: int, pin: bool) -> torch.utils.data.DataLoader:
+def textbook_loader(
+    x: np.ndarray,
+    y: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int,
+    workers: int,
+    pin: bool,
+) -> torch.utils.data.DataLoader:
     """What most tutorials write: PIL images, per-sample transforms, a DataLoader with worker processes."""
     from PIL import Image
     from torchvision import transforms
@@ -44,9 +51,17 @@ def textbook_loader(x: np.ndarray, y: np.ndarray, mean: torch.Tensor, std: torch
 
     class ArrayImages(VisionDataset):
         def __init__(self) -> None:
-            super().__init__(root="", transform=transforms.Compose([
-                transforms.RandomCrop(x.shape[1], padding=4), transforms.RandomHorizontalFlip(),
-                transforms.ToTensor(), transforms.Normalize(mean.tolist(), std.tolist())]))
+            super().__init__(
+                root="",
+                transform=transforms.Compose(
+                    [
+                        transforms.RandomCrop(x.shape[1], padding=4),
+                        transforms.RandomHorizontalFlip(),
+                        transforms.ToTensor(),
+                        transforms.Normalize(mean.tolist(), std.tolist()),
+                    ]
+                ),
+            )
 
         def __len__(self) -> int:
             return len(y)
@@ -54,8 +69,15 @@ def textbook_loader(x: np.ndarray, y: np.ndarray, mean: torch.Tensor, std: torch
         def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
             return self.transform(Image.fromarray(x[index])), int(y[index])
 
-    return torch.utils.data.DataLoader(ArrayImages(), batch_size=batch_size, shuffle=True, drop_last=True,
-                                       num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
+    return torch.utils.data.DataLoader(
+        ArrayImages(),
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=pin,
+        persistent_workers=workers > 0,
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -109,8 +131,11 @@ def main() -> None:
     config = load_config(args.config)
     recipe = config["train"]
     torch.set_num_threads(recipe["threads"])
-    arrays = (make_synthetic(args.train_size, 1000, seed=0, contrast=1.0) if args.train_size
-              else prepare_dataset(config["data"]))
+    arrays = (
+        make_synthetic(args.train_size, 1000, seed=0, contrast=1.0)
+        if args.train_size
+        else prepare_dataset(config["data"])
+    )
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], args.cpu)
     data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
     spec = Study.from_config(config).variants[args.variant].spec
@@ -123,12 +148,25 @@ def main() -> None:
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     optimizer = make_optimizer(model, recipe, choice.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, 10**9, 0, "constant"))
-    step = make_step(model, optimizer, nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"]), choice,
-                     recipe["compile"])
-    premade = list(data.train_batches(batch_size, epoch_generator(0, 0, choice.device), recipe["crop_padding"],
-                                      recipe["flip"]))
-    loader = textbook_loader(arrays.x_train, arrays.y_train, data.mean.flatten().cpu(), data.std.flatten().cpu(),
-                             batch_size, args.workers, choice.device.type == "cuda")
+    step = make_step(
+        model,
+        optimizer,
+        nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"]),
+        choice,
+        recipe["compile"],
+    )
+    premade = list(
+        data.train_batches(batch_size, epoch_generator(0, 0, choice.device), recipe["crop_padding"], recipe["flip"])
+    )
+    loader = textbook_loader(
+        arrays.x_train,
+        arrays.y_train,
+        data.mean.flatten().cpu(),
+        data.std.flatten().cpu(),
+        batch_size,
+        args.workers,
+        choice.device.type == "cuda",
+    )
 
     def project_epoch(epoch: int) -> None:
         run_epoch(step, scheduler, data, batch_size, recipe, epoch_generator(0, epoch, choice.device))
@@ -157,17 +195,27 @@ def main() -> None:
             times[name].append(time.perf_counter() - started)
 
     rates = {name: images_per_epoch / statistics.median(values) for name, values in times.items()}
-    print(f"\nvariant {args.variant}, {images_per_epoch} images/epoch, batch {batch_size}, {choice.description}, "
-          f"autocast {choice.autocast_dtype}, channels_last {choice.channels_last}, compile {recipe['compile']}, "
-          f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved epochs")
+    print(
+        f"\nvariant {args.variant}, {images_per_epoch} images/epoch, batch {batch_size}, {choice.description}, "
+        f"autocast {choice.autocast_dtype}, channels_last {choice.channels_last}, compile {recipe['compile']}, "
+        f"{torch.get_num_threads()} thread(s), median of {args.repeats} interleaved epochs"
+    )
     print(f"{'loop':<12}{'ms/epoch':>12}{'images/s':>12}   epochs (ms)")
     for name, values in times.items():
-        print(f"{name:<12}{statistics.median(values) * 1e3:>12.1f}{rates[name]:>12.0f}   "
-              + " ".join(f"{v * 1e3:.0f}" for v in values))
+        print(
+            f"{name:<12}{statistics.median(values) * 1e3:>12.1f}{rates[name]:>12.0f}   "
+            + " ".join(f"{v * 1e3:.0f}" for v in values)
+        )
     ratios = {"a/b": rates["a_project"] / rates["b_ceiling"], "a/c": rates["a_project"] / rates["c_textbook"]}
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
-    result = {"variant": args.variant, "device": choice.description, "images_per_epoch": images_per_epoch,
-              "seconds": times, "images_per_second": rates, "ratios": ratios}
+    result = {
+        "variant": args.variant,
+        "device": choice.description,
+        "images_per_epoch": images_per_epoch,
+        "seconds": times,
+        "images_per_second": rates,
+        "ratios": ratios,
+    }
     if not args.skip_overhead:
         overhead = job_overhead(args.config, args.variant)
         result["job_overhead_seconds"] = overhead

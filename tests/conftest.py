@@ -29,16 +29,27 @@ def write_config(directory: Path, config: dict, name: str = "config.yaml") -> Pa
     return path
 
 
-def snakemake(workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 900,
-              **popen) -> subprocess.CompletedProcess:
+def snakemake(
+    workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 900, **popen
+) -> subprocess.CompletedProcess:
     """Run the project's workflow with a scratch working directory (results/ and reports/ land there)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": "", "CNNABLATE_GPU_LOCK_DIR": str(workdir / "locks")}
     env.pop("MLFLOW_TRACKING_URI")
-    command = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir), "--configfile", str(configfile),
-               *args]
+    command = [
+        SNAKEMAKE,
+        "-s",
+        str(ROOT / "Snakefile"),
+        "-d",
+        str(workdir),
+        "--configfile",
+        str(configfile),
+        *args,
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, **popen)
     if check and result.returncode != 0:
-        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}")
+        raise AssertionError(
+            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+        )
     return result
 
 

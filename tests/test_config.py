@@ -44,15 +44,18 @@ def test_bad_config_names_the_key(change: dict, named: str) -> None:
     assert named in str(error.value)
 
 
-@pytest.mark.parametrize(("change", "allowed"), [
-    ({"base": {"arch": "transformer"}}, "['fc', 'local', 'conv']"),
-    ({"base": {"pool": "median"}}, "['max', 'avg', 'stride', 'none']"),
-    ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance']"),
-    ({"base": {"kernel_size": 4}}, "odd integer"),
-    ({"train": {"epochs": 0}}, "integer >= 1"),
-])
+@pytest.mark.parametrize(
+    ("change", "allowed"),
+    [
+        ({"base": {"arch": "transformer"}}, "['fc', 'local', 'conv']"),
+        ({"base": {"pool": "median"}}, "['max', 'avg', 'stride', 'none']"),
+        ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance']"),
+        ({"base": {"kernel_size": 4}}, "odd integer"),
+        ({"train": {"epochs": 0}}, "integer >= 1"),
+    ],
+)
 def test_bad_value_lists_allowed_values(change: dict, allowed: str) -> None:
-    with pytest.raises(ConfigError, match="allowed|expected") as error:
+    with pytest.raises(ConfigError, match=r"allowed|expected") as error:
         validate_config(_merge(tiny_config(), change))
     assert allowed in str(error.value)
 
@@ -66,8 +69,9 @@ def test_defaults_are_filled_in() -> None:
 
 
 def test_variant_equal_to_base_is_trained_once() -> None:
-    config = validate_config(tiny_config(ablations={"a": {"pool": ["max", "avg"]}, "b": {"pool": ["avg", "none"]},
-                                                     "c": {"arch": ["conv"]}}))
+    config = validate_config(
+        tiny_config(ablations={"a": {"pool": ["max", "avg"]}, "b": {"pool": ["avg", "none"]}, "c": {"arch": ["conv"]}})
+    )
     study = Study.from_config(config)
     assert list(study.variants) == ["base", "pool-avg", "pool-none"]
     assert study.variants["pool-avg"].ablations == ("a", "b")
@@ -88,16 +92,27 @@ def test_variant_ids_are_readable_and_stable() -> None:
 
 def test_real_config_validates() -> None:
     study = Study.from_config(load_config(ROOT / "config" / "config.yaml"))
-    assert {"arch-fc", "arch-local", "pool-stride", "norm-instance", "dilation-4", "kernel_size-7",
-            "activation-gelu", "width-2"} <= set(study.variants)
+    assert {
+        "arch-fc",
+        "arch-local",
+        "pool-stride",
+        "norm-instance",
+        "dilation-4",
+        "kernel_size-7",
+        "activation-gelu",
+        "width-2",
+    } <= set(study.variants)
 
 
 def test_dry_run_lists_one_training_job_per_variant_and_seed(tmp_path) -> None:
     config = load_config(ROOT / "config" / "config.yaml")
     expected = len(Study.from_config(config).variants) * len(config["seeds"])
     result = snakemake(tmp_path, ROOT / "config" / "config.yaml", "-n", "--quiet", "rules")
-    counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in result.stdout.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
     assert counts["train"] == expected == 57
     assert counts["download_data"] == 1 and counts["mlflow_setup"] == 1
 

@@ -41,16 +41,28 @@ def test_stratified_subset_keeps_proportions() -> None:
     labels = np.repeat(np.arange(4), [100, 50, 30, 20])
     chosen = stratified_subset(labels, 50, seed=0)
     assert len(chosen) == 50 and len(set(chosen)) == 50
-    assert np.bincount(labels[chosen]).tolist() == [25, 12, 8, 5] or \
-        np.abs(np.bincount(labels[chosen]) - np.array([25, 12.5, 7.5, 5])).max() <= 1
+    assert (
+        np.bincount(labels[chosen]).tolist() == [25, 12, 8, 5]
+        or np.abs(np.bincount(labels[chosen]) - np.array([25, 12.5, 7.5, 5])).max() <= 1
+    )
     assert np.array_equal(chosen, stratified_subset(labels, 50, seed=0))
     assert np.array_equal(stratified_subset(labels, None, 0), np.arange(200))
 
 
 def test_prepare_applies_train_and_test_size() -> None:
-    config = {"dataset": "synthetic", "seed": 0, "train_size": 100, "test_size": 40,
-              "synthetic": {"train_size": 300, "test_size": 80, "num_classes": 10, "pattern_size": 5,
-                            "contrast": 0.5}}
+    config = {
+        "dataset": "synthetic",
+        "seed": 0,
+        "train_size": 100,
+        "test_size": 40,
+        "synthetic": {
+            "train_size": 300,
+            "test_size": 80,
+            "num_classes": 10,
+            "pattern_size": 5,
+            "contrast": 0.5,
+        },
+    }
     dataset = prepare_dataset(config)
     assert len(dataset.y_train) == 100 and len(dataset.y_test) == 40
     assert set(np.bincount(dataset.y_train)) == {10} and set(np.bincount(dataset.y_test)) == {4}

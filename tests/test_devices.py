@@ -29,10 +29,18 @@ def test_a_busy_gpu_blocks_until_released(tmp_path) -> None:
 
 
 def test_slots_are_held_across_processes(tmp_path) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from cnnablate.devices import claim_gpu_slot; "
-        f"g, l = claim_gpu_slot(2, 1, Path({str(tmp_path)!r})); print(g, flush=True); time.sleep(30)")],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from cnnablate.devices import claim_gpu_slot; "
+                f"g, l = claim_gpu_slot(2, 1, Path({str(tmp_path)!r})); print(g, flush=True); time.sleep(30)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "0"
         assert claim_gpu_slot(2, 1, tmp_path, timeout_seconds=1)[0] == 1

@@ -109,9 +109,7 @@ def test_vgg16_layers_match_araujo_table() -> None:
     result = theoretical_rf(build("vgg16"), 224)
     for module, (size, stride, padding) in VGG16_TABLE_LAYERS.items():
         entry = result.at(module)
-        assert (entry.size, entry.stride, entry.padding) == ((size,) * 2, (stride,) * 2, (padding,) * 2), (
-            module
-        )
+        assert (entry.size, entry.stride, entry.padding) == ((size,) * 2, (stride,) * 2, (padding,) * 2), module
     assert ARAUJO_TABLE["vgg_16"] == TORCHVISION_TRF["vgg16"][:3]
 
 
@@ -164,9 +162,7 @@ def test_support_matches_trf(name: str) -> None:
     canvas = -padding + col * stride + size + 8  # a margin after the second field
     model = positive_linear_copy(build(name))
     captured = {}
-    model.get_submodule(SUPPORT_MODULE.get(name, module)).register_forward_hook(
-        lambda m, i, o: captured.update(out=o)
-    )
+    model.get_submodule(SUPPORT_MODULE.get(name, module)).register_forward_hook(lambda m, i, o: captured.update(out=o))
     x = torch.ones((1, 3, canvas, canvas), requires_grad=True)
     model(x)
     (grad,) = torch.autograd.grad(captured["out"][0, :, row, col].sum(), x)

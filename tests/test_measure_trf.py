@@ -145,9 +145,7 @@ class Dynamic(nn.Module):
 class LocallyConnected(nn.Module):
     """Unshared filters via unfold + einsum; declares its geometry with nn.Conv2d's attribute names."""
 
-    def __init__(
-        self, cin: int, cout: int, size: tuple[int, int], kernel_size: int, stride: int, padding: int
-    ):
+    def __init__(self, cin: int, cout: int, size: tuple[int, int], kernel_size: int, stride: int, padding: int):
         super().__init__()
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, 1
         self.out_size = tuple((n + 2 * padding - kernel_size) // stride + 1 for n in size)
@@ -261,9 +259,7 @@ def test_squeeze_excitation_is_flagged_not_counted() -> None:
 
 def test_replicating_adaptive_pool_is_not_a_feature_map() -> None:
     # 32 -> 16 -> 8 -> 4 -> 2 -> 1, then the adaptive pool replicates the single unit onto 3x3 (jump 0)
-    model = nn.Sequential(
-        *[nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(5)], nn.AdaptiveAvgPool2d(3)
-    )
+    model = nn.Sequential(*[nn.Conv2d(3 if i == 0 else 4, 4, 3, 2, 1) for i in range(5)], nn.AdaptiveAvgPool2d(3))
     result = theoretical_rf(model, 32)
     assert result.module == "3"
     assert result.shape == (2, 2)
@@ -348,12 +344,8 @@ SMALL_MODELS = {
         nn.MaxPool2d(3, 2, 1),
         nn.Conv2d(4, 4, 3, padding=1),
     ),
-    "ceil_mode": lambda: nn.Sequential(
-        nn.Conv2d(3, 4, 5, 2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(4, 4, 3)
-    ),
-    "residual": lambda: nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), Residual(4, 2), Residual(4), Residual(4, 2)
-    ),
+    "ceil_mode": lambda: nn.Sequential(nn.Conv2d(3, 4, 5, 2), nn.MaxPool2d(3, 2, ceil_mode=True), nn.Conv2d(4, 4, 3)),
+    "residual": lambda: nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), Residual(4, 2), Residual(4), Residual(4, 2)),
     "inception": Inception,
     "functional": lambda: Functional(pool="avg", head=False),
     "channels_last": ConvNeXtBlock,

@@ -15,8 +15,14 @@ from conftest import tiny_config
 BASE = validate_config(tiny_config())["base"]
 
 
-@pytest.mark.parametrize(("arch", "pool", "norm"), itertools.product(
-    ["fc", "local", "conv"], ["max", "avg", "stride", "none"], ["none", "batch", "layer", "group", "instance"]))
+@pytest.mark.parametrize(
+    ("arch", "pool", "norm"),
+    itertools.product(
+        ["fc", "local", "conv"],
+        ["max", "avg", "stride", "none"],
+        ["none", "batch", "layer", "group", "instance"],
+    ),
+)
 def test_every_combination_builds_and_runs(arch: str, pool: str, norm: str) -> None:
     model = build_model({**BASE, "arch": arch, "pool": pool, "norm": norm}, num_classes=7)
     out = model(torch.randn(2, 3, 32, 32))
@@ -25,7 +31,13 @@ def test_every_combination_builds_and_runs(arch: str, pool: str, norm: str) -> N
 
 @pytest.mark.parametrize(("kernel_size", "dilation", "activation"), [(1, 1, "relu"), (5, 2, "gelu"), (7, 4, "silu")])
 def test_padding_keeps_the_size(kernel_size: int, dilation: int, activation: str) -> None:
-    spec = {**BASE, "kernel_size": kernel_size, "dilation": dilation, "activation": activation, "pool": "none"}
+    spec = {
+        **BASE,
+        "kernel_size": kernel_size,
+        "dilation": dilation,
+        "activation": activation,
+        "pool": "none",
+    }
     features = build_model(spec, 10)[:-3]
     assert features(torch.randn(1, 3, 32, 32)).shape[-2:] == (32, 32)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -21,8 +22,12 @@ def test_random_crop_is_a_shift_with_zero_fill() -> None:
     cropped = random_crop(images, 2, torch.Generator().manual_seed(0))
     assert cropped.shape == images.shape
     for original, out in zip(images, cropped, strict=True):
-        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                   if torch.equal(out, torch.roll(original, (dy, dx), (1, 2)) * _window(dy, dx))]
+        matches = [
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if torch.equal(out, torch.roll(original, (dy, dx), (1, 2)) * _window(dy, dx))
+        ]
         assert len(matches) == 1
 
 
@@ -53,20 +58,29 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     values = [lr_multiplier(step, 100, 10, "linear") for step in range(100)]
     assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
     assert values[10] == pytest.approx(1.0) and values[-1] == pytest.approx(1 / 90)
-    assert all(a >= b for a, b in zip(values[9:], values[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values[9:]))
     assert lr_multiplier(55, 100, 10, "cosine") == pytest.approx(0.5)
     assert lr_multiplier(80, 100, 10, "constant") == 1.0
 
 
 def make_job(tmp_path: Path, name: str, variant: str = "base", **recipe) -> TrainJob:
-    config = validate_config(tiny_config(train={**tiny_config()["train"], **recipe},
-                                         ablations={"fc": {"arch": ["fc"]}}))
+    config = validate_config(
+        tiny_config(train={**tiny_config()["train"], **recipe}, ablations={"fc": {"arch": ["fc"]}})
+    )
     dataset_path = tmp_path / "data.npz"
     if not dataset_path.exists():
         make_synthetic(192, 64, contrast=0.6, seed=0).save(dataset_path)
     spec = Study.from_config(config).variants[variant].spec
-    return TrainJob("tiny", variant, 0, spec, config["train"], dataset_path, tmp_path / name / "run",
-                    tmp_path / name / "checkpoint.pt")
+    return TrainJob(
+        "tiny",
+        variant,
+        0,
+        spec,
+        config["train"],
+        dataset_path,
+        tmp_path / name / "run",
+        tmp_path / name / "checkpoint.pt",
+    )
 
 
 def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
@@ -76,8 +90,19 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
         assert first[key] == second[key]
     run = tmp_path / "a" / "run"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert {"variant", "seed", "test_acc", "params", "epochs_completed", "diverged", "train_seconds",
-            "images_per_second", "device", "versions", "git_commit"} <= set(metrics)
+    assert {
+        "variant",
+        "seed",
+        "test_acc",
+        "params",
+        "epochs_completed",
+        "diverged",
+        "train_seconds",
+        "images_per_second",
+        "device",
+        "versions",
+        "git_commit",
+    } <= set(metrics)
     assert metrics["epochs_completed"] == 2 and metrics["diverged"] is False and 0 <= metrics["test_acc"] <= 1
     assert (run / "history.csv").read_text().count("\n") == 3
     state = torch.load(run / "model.pt", weights_only=True)
@@ -113,18 +138,18 @@ def _train_epochs_then_stop(job: TrainJob, epochs: int) -> None:
     original = training.save_atomic
     calls = {"n": 0}
 
-    class Interrupted(Exception):
+    class SimulatedKillError(Exception):
         pass
 
     def save_then_maybe_stop(obj, path):
         original(obj, path)
         calls["n"] += 1
         if calls["n"] == epochs:
-            raise Interrupted
+            raise SimulatedKillError
 
     training.save_atomic = save_then_maybe_stop
     try:
-        with pytest.raises(Interrupted):
+        with pytest.raises(SimulatedKillError):
             train(job)
     finally:
         training.save_atomic = original
@@ -132,8 +157,9 @@ def _train_epochs_then_stop(job: TrainJob, epochs: int) -> None:
 
 
 def test_a_diverging_run_is_recorded_not_raised(tmp_path) -> None:
-    metrics = train(make_job(tmp_path, "nan", variant="arch-fc", epochs=3, lr=1e6, warmup_epochs=0,
-                             label_smoothing=0.0))
+    metrics = train(
+        make_job(tmp_path, "nan", variant="arch-fc", epochs=3, lr=1e6, warmup_epochs=0, label_smoothing=0.0)
+    )
     assert metrics["diverged"] is True and metrics["test_acc"] is None
     assert metrics["epochs_completed"] < 3
     saved = json.loads((tmp_path / "nan" / "run" / "metrics.json").read_text())

@@ -44,16 +44,22 @@ def test_rerunning_a_finished_study_does_nothing(tiny_study: Path) -> None:
 
 
 def test_eight_training_jobs_at_once_against_sqlite(tmp_path: Path) -> None:
-    config = write_config(tmp_path, tiny_config(study="parallel", seeds=[0, 1, 2, 3],
-                                                ablations={"fc_vs_conv": {"arch": ["fc"]}}))
-    targets = [f"results/parallel/runs/{variant}/seed{seed}/metrics.json"
-               for variant in ("base", "arch-fc") for seed in range(4)]
+    config = write_config(
+        tmp_path,
+        tiny_config(study="parallel", seeds=[0, 1, 2, 3], ablations={"fc_vs_conv": {"arch": ["fc"]}}),
+    )
+    targets = [
+        f"results/parallel/runs/{variant}/seed{seed}/metrics.json"
+        for variant in ("base", "arch-fc")
+        for seed in range(4)
+    ]
     snakemake(tmp_path, config, "--cores", "8", *targets)
     logs = "".join(p.read_text() for p in (tmp_path / "results/parallel/logs/train").rglob("*.log"))
     assert "locked" not in logs.lower()
     runs = finished_runs(tmp_path, "parallel")
     assert sorted(r.data.tags["cnnablate.job_key"] for r in runs) == sorted(
-        f"parallel/{variant}/seed{seed}" for variant in ("base", "arch-fc") for seed in range(4))
+        f"parallel/{variant}/seed{seed}" for variant in ("base", "arch-fc") for seed in range(4)
+    )
     snakemake(tmp_path, config, "--cores", "8", *targets)
     assert len(finished_runs(tmp_path, "parallel")) == 8
 
@@ -88,9 +94,24 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> N
         config = write_config(workdir, tiny_config(study="resume", train=recipe, data=data, ablations={}))
         if name == "killed":
             env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-            process = subprocess.Popen([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
-                                        "--configfile", str(config), "--cores", "1", target],
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            process = subprocess.Popen(
+                [
+                    SNAKEMAKE,
+                    "-s",
+                    str(ROOT / "Snakefile"),
+                    "-d",
+                    str(workdir),
+                    "--configfile",
+                    str(config),
+                    "--cores",
+                    "1",
+                    target,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+            )
             _kill_training_process(workdir)
             output = process.communicate(timeout=300)[0]
             assert process.returncode != 0, output
@@ -105,8 +126,15 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> N
         assert results["killed"][key] == results["uninterrupted"][key]
     columns = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
     pd.testing.assert_frame_equal(results["killed_history"][columns], results["uninterrupted_history"][columns])
-    statuses = sorted(r.info.status for r in MlflowClient(
-        f"sqlite:///{tmp_path}/killed/results/mlflow.db").search_runs(
-        [MlflowClient(f"sqlite:///{tmp_path}/killed/results/mlflow.db").get_experiment_by_name("resume").experiment_id],
-        "tags.`cnnablate.role` = 'job'"))
+    statuses = sorted(
+        r.info.status
+        for r in MlflowClient(f"sqlite:///{tmp_path}/killed/results/mlflow.db").search_runs(
+            [
+                MlflowClient(f"sqlite:///{tmp_path}/killed/results/mlflow.db")
+                .get_experiment_by_name("resume")
+                .experiment_id
+            ],
+            "tags.`cnnablate.role` = 'job'",
+        )
+    )
     assert statuses == ["FINISHED", "KILLED"]

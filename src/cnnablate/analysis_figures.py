@@ -9,17 +9,22 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
 
 def read_run_jsons(paths: Iterable[str | Path]) -> pd.DataFrame:
     """One row per run: variant and seed (from the path RUN/<variant>/seed<seed>/<name>.json) and its numbers."""
     rows = []
     for path in map(Path, paths):
-        rows.append({"variant": path.parent.parent.name, "seed": int(path.parent.name.removeprefix("seed")),
-                     **json.loads(path.read_text())})
+        rows.append(
+            {
+                "variant": path.parent.parent.name,
+                "seed": int(path.parent.name.removeprefix("seed")),
+                **json.loads(path.read_text()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -35,10 +40,20 @@ def shift_robustness_outputs(paths: Iterable[str | Path], figure: str | Path, ta
     table_frame.columns = [f"{measure}_{shift}px (%)" for measure, shift in table_frame.columns]
     table_frame.reset_index().to_csv(table, index=False, float_format="%.2f")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, measure, label in ((axes[0], "acc", "test accuracy (%)"),
-                               (axes[1], "consistency", "unchanged predictions (%)")):
-        sns.lineplot(data=long[long["measure"] == measure], x="shift (px)", y="value", hue="variant", marker="o",
-                     errorbar=("ci", 95), ax=ax, legend=ax is axes[1])
+    for ax, measure, label in (
+        (axes[0], "acc", "test accuracy (%)"),
+        (axes[1], "consistency", "unchanged predictions (%)"),
+    ):
+        sns.lineplot(
+            data=long[long["measure"] == measure],
+            x="shift (px)",
+            y="value",
+            hue="variant",
+            marker="o",
+            errorbar=("ci", 95),
+            ax=ax,
+            legend=ax is axes[1],
+        )
         ax.set_ylabel(label)
         ax.set_xlabel("translation of the test images (pixels, zero fill)")
     axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

@@ -39,16 +39,22 @@ def measure_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_human(result: dict[str, Any]) -> None:
-    print(f"{result['target']}: {result['params']:,} parameters, {result['macs']:,} MACs "
-          f"({result['flops']:,} FLOPs) at input {result['input_size']}")
+    print(
+        f"{result['target']}: {result['params']:,} parameters, {result['macs']:,} MACs "
+        f"({result['flops']:,} FLOPs) at input {result['input_size']}"
+    )
     trf = result.get("trf")
     if trf:
-        print(f"theoretical receptive field at {trf['layer']}: size {trf['size']}, stride {trf['stride']}, "
-              f"padding {trf['padding']}")
+        print(
+            f"theoretical receptive field at {trf['layer']}: size {trf['size']}, stride {trf['stride']}, "
+            f"padding {trf['padding']}"
+        )
     erf = result.get("erf")
     if erf:
-        print(f"effective receptive field: std {erf['std']}, size {erf['erf_size']}, ERF/TRF "
-              f"{erf['erf_trf_ratio']:.3f}, 95% radius {erf['radius95']}")
+        print(
+            f"effective receptive field: std {erf['std']}, size {erf['erf_size']}, ERF/TRF "
+            f"{erf['erf_trf_ratio']:.3f}, 95% radius {erf['radius95']}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     measure = commands.add_parser("measure", help="params, MACs/FLOPs, theoretical and effective receptive field")
     measure.add_argument("target", help="module:callable (e.g. torchvision.models:resnet50) or a variant id")
     measure.add_argument("--config", type=Path, help="study config whose variant TARGET names")
-    measure.add_argument("--input-size", type=int, default=None, help="square input side (default 224, or 32 "
-                         "for a study variant)")
+    measure.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="square input side (default 224, or 32 for a study variant)",
+    )
     measure.add_argument("--num-classes", type=int, default=10, help="classes of a study variant's head")
     measure.add_argument("--erf", action="store_true", help="also measure the ERF at initialisation (random inputs)")
     measure.add_argument("--json", action="store_true", help="print JSON")

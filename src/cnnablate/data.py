@@ -53,8 +53,14 @@ class ArrayDataset:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, x_train=self.x_train, y_train=self.y_train, x_test=self.x_test, y_test=self.y_test,
-                 classes=np.array(self.classes))
+        np.savez(
+            tmp,
+            x_train=self.x_train,
+            y_train=self.y_train,
+            x_test=self.x_test,
+            y_test=self.y_test,
+            classes=np.array(self.classes),
+        )
         tmp.replace(path)
 
 
@@ -96,8 +102,13 @@ def read_cifar(dataset: str, root: str | Path) -> ArrayDataset:
         test = cls(str(root), train=False, download=True)
     except Exception as exc:
         raise DataError(f"could not read {dataset} from {root}: {exc}") from exc
-    return ArrayDataset(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
-                        np.asarray(test.targets, dtype=np.int64), list(train.classes))
+    return ArrayDataset(
+        train.data,
+        np.asarray(train.targets, dtype=np.int64),
+        test.data,
+        np.asarray(test.targets, dtype=np.int64),
+        list(train.classes),
+    )
 
 
 def read_npz(path: str | Path) -> ArrayDataset:
@@ -125,8 +136,13 @@ def read_npz(path: str | Path) -> ArrayDataset:
     classes = classes or [str(i) for i in range(num_classes)]
     if len(classes) < num_classes:
         raise DataError(f"{path}: classes lists {len(classes)} names but labels go up to {num_classes - 1}")
-    return ArrayDataset(arrays["x_train"], arrays["y_train"].astype(np.int64), arrays["x_test"],
-                        arrays["y_test"].astype(np.int64), classes)
+    return ArrayDataset(
+        arrays["x_train"],
+        arrays["y_train"].astype(np.int64),
+        arrays["x_test"],
+        arrays["y_test"].astype(np.int64),
+        classes,
+    )
 
 
 def synthetic_patterns(num_classes: int, size: int, seed: int) -> np.ndarray:
@@ -137,8 +153,9 @@ def synthetic_patterns(num_classes: int, size: int, seed: int) -> np.ndarray:
     return patterns / np.abs(patterns).max(axis=(1, 2), keepdims=True)
 
 
-def _synthetic_split(n: int, patterns: np.ndarray, contrast: float, rng: np.random.Generator,
-                     image_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _synthetic_split(
+    n: int, patterns: np.ndarray, contrast: float, rng: np.random.Generator, image_size: int = 32
+) -> tuple[np.ndarray, np.ndarray]:
     """Cluttered backgrounds with one class pattern at a random position and two random distractors."""
     import torch
     import torch.nn.functional as F
@@ -163,8 +180,14 @@ def _synthetic_split(n: int, patterns: np.ndarray, contrast: float, rng: np.rand
     return images.transpose(0, 2, 3, 1).copy(), labels.astype(np.int64)
 
 
-def make_synthetic(train_size: int, test_size: int, num_classes: int = 10, pattern_size: int = 5,
-                   contrast: float = 0.35, seed: int = 0) -> ArrayDataset:
+def make_synthetic(
+    train_size: int,
+    test_size: int,
+    num_classes: int = 10,
+    pattern_size: int = 5,
+    contrast: float = 0.35,
+    seed: int = 0,
+) -> ArrayDataset:
     """CIFAR-shaped images (32x32 RGB) whose class is a small local pattern at a random position.
 
     Only a detector of local structure that works anywhere in the image solves it: locality and weight
@@ -195,20 +218,32 @@ def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
     kind = data_cfg["dataset"]
     if kind == "synthetic":
         syn = data_cfg["synthetic"]
-        full = make_synthetic(syn["train_size"], syn["test_size"], syn["num_classes"], syn["pattern_size"],
-                              syn["contrast"], data_cfg["seed"])
+        full = make_synthetic(
+            syn["train_size"],
+            syn["test_size"],
+            syn["num_classes"],
+            syn["pattern_size"],
+            syn["contrast"],
+            data_cfg["seed"],
+        )
     elif kind == "npz":
         full = read_npz(data_cfg["path"])
     else:
         full = read_cifar(kind, data_cfg["root"])
     train_idx = stratified_subset(full.y_train, data_cfg.get("train_size"), data_cfg["seed"])
     test_idx = stratified_subset(full.y_test, data_cfg.get("test_size"), data_cfg["seed"] + 1)
-    return ArrayDataset(full.x_train[train_idx], full.y_train[train_idx], full.x_test[test_idx],
-                        full.y_test[test_idx], full.classes)
+    return ArrayDataset(
+        full.x_train[train_idx],
+        full.y_train[train_idx],
+        full.x_test[test_idx],
+        full.y_test[test_idx],
+        full.classes,
+    )
 
 
 def load_prepared(path: str | Path) -> ArrayDataset:
     """Read a dataset written by ``ArrayDataset.save``."""
     with np.load(path, allow_pickle=False) as npz:
-        return ArrayDataset(npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"],
-                            [str(c) for c in npz["classes"]])
+        return ArrayDataset(
+            npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"], [str(c) for c in npz["classes"]]
+        )

@@ -44,8 +44,13 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "cnnablate-gpu-locks"))
 
 
-def claim_gpu_slot(num_gpus: int, jobs_per_gpu: int, directory: Path | None = None, poll_seconds: float = 2.0,
-                   timeout_seconds: float | None = None) -> tuple[int, IO[str]]:
+def claim_gpu_slot(
+    num_gpus: int,
+    jobs_per_gpu: int,
+    directory: Path | None = None,
+    poll_seconds: float = 2.0,
+    timeout_seconds: float | None = None,
+) -> tuple[int, IO[str]]:
     """Block until a (GPU, slot) lock is free; return the GPU index and the open lock file.
 
     Slots are tried GPU-major within each slot round (slot 0 of every GPU before slot 1 of any), so jobs
@@ -93,8 +98,9 @@ def resolve_channels_last(setting: str, device_type: str) -> bool:
     return setting == "on" or (setting == "auto" and device_type == "cuda")
 
 
-def choose_device(precision: str = "auto", channels_last: str = "auto", jobs_per_gpu: int = 1,
-                  force_cpu: bool = False) -> DeviceChoice:
+def choose_device(
+    precision: str = "auto", channels_last: str = "auto", jobs_per_gpu: int = 1, force_cpu: bool = False
+) -> DeviceChoice:
     """Claim a GPU slot if CUDA is available (else the CPU) and decide precision and memory format."""
     if force_cpu or not torch.cuda.is_available():
         device, lock = torch.device("cpu"), None
@@ -105,5 +111,9 @@ def choose_device(precision: str = "auto", channels_last: str = "auto", jobs_per
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    return DeviceChoice(device, resolve_precision(precision, device.type),
-                        resolve_channels_last(channels_last, device.type), lock)
+    return DeviceChoice(
+        device,
+        resolve_precision(precision, device.type),
+        resolve_channels_last(channels_last, device.type),
+        lock,
+    )

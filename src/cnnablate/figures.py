@@ -7,12 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
-def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None, title: str,
-                    path: str | Path) -> None:
+def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None, title: str, path: str | Path) -> None:
     """ERF heatmaps at initialisation and after training, side by side, on a shared log colour scale."""
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), constrained_layout=True)
     for ax, erf, label in zip(axes, (map_init, map_trained), ("at initialisation", "after training"), strict=True):

@@ -67,4 +67,3 @@ def edge_match_score(filters: np.ndarray) -> float | None:
     spatial = spatial / np.where(norms > 1e-12, norms, 1.0)
     correlation = np.abs(spatial @ edge_bank(k).T)
     return float(correlation.max(axis=1).mean())
-

@@ -7,15 +7,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from captum.attr import LayerAttribution, LayerGradCam, Saliency  # noqa: E402
-from torch import nn  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam, Saliency
+from torch import nn
 
-from cnnablate.filters import first_conv_weight  # noqa: E402
-from cnnablate.models import stage_outputs  # noqa: E402
-from cnnablate.runs import LoadedRun  # noqa: E402
+from cnnablate.filters import first_conv_weight
+from cnnablate.models import stage_outputs
+from cnnablate.runs import LoadedRun
 
 
 def pick_examples(labels: torch.Tensor, count: int) -> list[int]:
@@ -61,14 +61,17 @@ def feature_maps_figure(run: LoadedRun, image_index: int, title: str, path: Path
     if not stages:
         return False
     captured: dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
-             for name, module in stages]
+    hooks = [
+        module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out.detach()))
+        for name, module in stages
+    ]
     with torch.no_grad():
         run.model(run.test.normalize(run.test.images[image_index : image_index + 1]))
     for hook in hooks:
         hook.remove()
-    fig, axes = plt.subplots(len(stages), channels + 1, figsize=((channels + 1) * 1.1, len(stages) * 1.2 + 0.6),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(stages), channels + 1, figsize=((channels + 1) * 1.1, len(stages) * 1.2 + 0.6), squeeze=False
+    )
     picture = run.test.images[image_index].permute(1, 2, 0).cpu().numpy()
     for row, (name, _) in enumerate(stages):
         maps = captured[name][0].float().cpu().numpy()

@@ -31,8 +31,15 @@ def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 class DeviceDataset:
     """Images (uint8, N x C x H x W) and labels resident on the compute device, with per-channel statistics."""
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, device: torch.device, mean: torch.Tensor | None = None,
-                 std: torch.Tensor | None = None, channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        device: torch.device,
+        mean: torch.Tensor | None = None,
+        std: torch.Tensor | None = None,
+        channels_last: bool = False,
+    ) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
         self.labels = torch.from_numpy(y).to(device)
         if mean is None or std is None:
@@ -51,8 +58,9 @@ class DeviceDataset:
         out = (images.float().div_(255.0) - self.mean) / self.std
         return out.contiguous(memory_format=self.memory_format)
 
-    def train_batches(self, batch_size: int, generator: torch.Generator, crop_padding: int = 0,
-                      flip: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, crop_padding: int = 0, flip: bool = False
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One shuffled epoch of augmented batches; the last incomplete batch is dropped (static shapes)."""
         order = torch.randperm(len(self), device=self.device, generator=generator)
         for start in range(0, len(self) - batch_size + 1, batch_size):
@@ -65,7 +73,10 @@ class DeviceDataset:
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole split in order, unaugmented."""
         for start in range(0, len(self), batch_size):
-            yield self.normalize(self.images[start : start + batch_size]), self.labels[start : start + batch_size]
+            yield (
+                self.normalize(self.images[start : start + batch_size]),
+                self.labels[start : start + batch_size],
+            )
 
     def steps_per_epoch(self, batch_size: int) -> int:
         return len(self) // batch_size

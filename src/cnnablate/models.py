@@ -21,14 +21,20 @@ ACTIVATIONS_TYPES = (nn.ReLU, nn.GELU, nn.SiLU)
 class LocallyConnected2d(nn.Module):
     """A convolution whose weights are not shared: each output position has its own filter and bias."""
 
-    def __init__(self, in_channels: int, out_channels: int, in_size: tuple[int, int], kernel_size: int,
-                 stride: int = 1, padding: int = 0, dilation: int = 1) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        in_size: tuple[int, int],
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+    ) -> None:
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.out_size = tuple(
-            (n + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1 for n in in_size
-        )
+        self.out_size = tuple((n + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1 for n in in_size)
         positions = self.out_size[0] * self.out_size[1]
         fan_in = in_channels * kernel_size * kernel_size
         bound = 1.0 / math.sqrt(fan_in)  # the same scale nn.Conv2d's default init gives
@@ -41,8 +47,10 @@ class LocallyConnected2d(nn.Module):
         return out.reshape(x.shape[0], self.out_channels, *self.out_size) + self.bias
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, out_size={self.out_size}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, dilation={self.dilation}, out_size={self.out_size}"
+        )
 
 
 def make_norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -65,8 +73,9 @@ def scaled_widths(spec: Mapping[str, Any], key: str) -> list[int]:
     return [max(1, round(w * spec["width"])) for w in spec[key]]
 
 
-def build_spatial_network(spec: Mapping[str, Any], num_classes: int, in_channels: int,
-                          image_size: int) -> nn.Sequential:
+def build_spatial_network(
+    spec: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int
+) -> nn.Sequential:
     """Stages of (conv or locally connected, norm, activation) blocks, downsampling between stages."""
     if spec["kernel_size"] % 2 == 0:
         raise ValueError(f"kernel_size: {spec['kernel_size']} is even; allowed values: odd integers >= 1")
@@ -84,10 +93,21 @@ def build_spatial_network(spec: Mapping[str, Any], num_classes: int, in_channels
             if spec["arch"] == "local":
                 layer: nn.Module = LocallyConnected2d(channels, width, (size, size), k, stride, padding, d)
             else:
-                layer = nn.Conv2d(channels, width, k, stride=stride, padding=padding, dilation=d,
-                                  bias=spec["norm"] == "none")
+                layer = nn.Conv2d(
+                    channels,
+                    width,
+                    k,
+                    stride=stride,
+                    padding=padding,
+                    dilation=d,
+                    bias=spec["norm"] == "none",
+                )
             size = (size + 2 * padding - d * (k - 1) - 1) // stride + 1
-            layers += [layer, make_norm(spec["norm"], width, spec["norm_groups"]), ACTIVATIONS[spec["activation"]]()]
+            layers += [
+                layer,
+                make_norm(spec["norm"], width, spec["norm_groups"]),
+                ACTIVATIONS[spec["activation"]](),
+            ]
             channels = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
     return nn.Sequential(*layers)
@@ -120,11 +140,9 @@ def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
     for name, module in children:
         if isinstance(module, ACTIVATIONS_TYPES):
             last_activation = (name, module)
-        elif isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d) and last_activation:
-            stages.append(last_activation)
-            last_activation = None
-        elif isinstance(module, nn.Conv2d | LocallyConnected2d) and module.stride not in (1, (1, 1)) \
-                and last_activation:
+        elif (isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d) and last_activation) or (
+            isinstance(module, nn.Conv2d | LocallyConnected2d) and module.stride not in (1, (1, 1)) and last_activation
+        ):
             stages.append(last_activation)
             last_activation = None
     return stages
@@ -133,7 +151,7 @@ def stage_outputs(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def block_outputs(model: nn.Module) -> list[str]:
     """Names of the activations closing every (conv, norm, activation) block, in depth order."""
     if not isinstance(model, nn.Sequential) or not any(
-            isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.children()):
+        isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.children()
+    ):
         return []
     return [name for name, module in model.named_children() if isinstance(module, ACTIVATIONS_TYPES)]
-

@@ -16,14 +16,14 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import yaml
 
-from cnnablate.config import Study  # noqa: E402
-from cnnablate.results import collect_results, summarize  # noqa: E402
+from cnnablate.config import Study
+from cnnablate.results import collect_results, summarize
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -38,24 +38,49 @@ def _points(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].astype(float) * 100
 
 
-def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, ablation: str, members: list[str],
-                    path: Path) -> Path:
+def accuracy_figure(
+    results: pd.DataFrame, summary: pd.DataFrame, ablation: str, members: list[str], path: Path
+) -> Path:
     """Every seed's accuracy and the mean with its 95% interval, for the variants of one ablation."""
     runs = results[results["variant"].isin(members)].copy()
     runs["test accuracy (%)"] = _points(runs, "test_acc")
     fig, ax = plt.subplots(figsize=(max(4.5, 1.1 * len(members) + 2), 3.8))
-    sns.stripplot(data=runs, x="variant", y="test accuracy (%)", order=members, color="0.35", size=6, ax=ax,
-                  jitter=0.08, label="single seed")
+    sns.stripplot(
+        data=runs,
+        x="variant",
+        y="test accuracy (%)",
+        order=members,
+        color="0.35",
+        size=6,
+        ax=ax,
+        jitter=0.08,
+        label="single seed",
+    )
     stats = summary.set_index("variant").loc[members]
     means = stats["test_acc_mean"].to_numpy() * 100
     low = np.nan_to_num(means - stats["test_acc_ci_low"].to_numpy() * 100)
     high = np.nan_to_num(stats["test_acc_ci_high"].to_numpy() * 100 - means)
-    ax.errorbar(range(len(members)), means, yerr=[low, high], fmt="D", color="C3", capsize=6, markersize=7,
-                label="mean, 95% CI")
+    ax.errorbar(
+        range(len(members)),
+        means,
+        yerr=[low, high],
+        fmt="D",
+        color="C3",
+        capsize=6,
+        markersize=7,
+        label="mean, 95% CI",
+    )
     for index, variant in enumerate(members):
         if stats.loc[variant, "diverged"]:
-            ax.annotate(f"{int(stats.loc[variant, 'diverged'])} diverged", (index, np.nanmin([means[index], 100])),
-                        textcoords="offset points", xytext=(0, -18), ha="center", color="C3", fontsize=8)
+            ax.annotate(
+                f"{int(stats.loc[variant, 'diverged'])} diverged",
+                (index, np.nanmin([means[index], 100])),
+                textcoords="offset points",
+                xytext=(0, -18),
+                ha="center",
+                color="C3",
+                fontsize=8,
+            )
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=False))
     ax.legend(unique.values(), unique.keys(), loc="best", fontsize=8)
@@ -103,11 +128,21 @@ def rf_figure(summary: pd.DataFrame, path: Path) -> Path:
         ax.text(0.5, 0.5, "no variant with a spatial feature map", ha="center", transform=ax.transAxes)
         return _save(fig, path)
     for stage, marker in (("init", "o"), ("trained", "D")):
-        ax.scatter(data["trf_size_mean"], data[f"erf_std_{stage}_mean"], marker=marker, s=50,
-                   label=f"ERF std, {'at initialisation' if stage == 'init' else 'trained'}")
+        ax.scatter(
+            data["trf_size_mean"],
+            data[f"erf_std_{stage}_mean"],
+            marker=marker,
+            s=50,
+            label=f"ERF std, {'at initialisation' if stage == 'init' else 'trained'}",
+        )
     for _, row in data.iterrows():
-        ax.annotate(row["variant"], (row["trf_size_mean"], row["erf_std_trained_mean"]), textcoords="offset points",
-                    xytext=(4, 3), fontsize=7)
+        ax.annotate(
+            row["variant"],
+            (row["trf_size_mean"], row["erf_std_trained_mean"]),
+            textcoords="offset points",
+            xytext=(4, 3),
+            fontsize=7,
+        )
     trf = np.linspace(1, data["trf_size_mean"].max() * 1.05, 200)
     ax.plot(trf, np.sqrt((trf - 1) / 3), "k--", lw=1, label="uniform 3x3 stack: sqrt(n (k²-1)/12)")
     ax.plot(trf, trf / math.sqrt(12), "k:", lw=1, label="flat over the TRF (std = TRF/sqrt 12)")
@@ -137,8 +172,7 @@ def erf_grid_figure(results_dir: Path, variants: list[str], seed: int, path: Pat
     return _save(fig, path)
 
 
-def learning_curves_figure(results_dir: Path, ablation: str, members: list[str], seeds: list[int],
-                           path: Path) -> Path:
+def learning_curves_figure(results_dir: Path, ablation: str, members: list[str], seeds: list[int], path: Path) -> Path:
     """Test accuracy and test loss per epoch for the variants of one ablation (mean and 95% CI over seeds)."""
     frames = []
     for variant in members:
@@ -150,8 +184,15 @@ def learning_curves_figure(results_dir: Path, ablation: str, members: list[str],
     if not curves.empty:
         curves["test accuracy (%)"] = curves["test_acc"] * 100
         sns.lineplot(data=curves, x="epoch", y="test accuracy (%)", hue="variant", errorbar=("ci", 95), ax=axes[0])
-        sns.lineplot(data=curves, x="epoch", y="test_loss", hue="variant", errorbar=("ci", 95), ax=axes[1],
-                     legend=False)
+        sns.lineplot(
+            data=curves,
+            x="epoch",
+            y="test_loss",
+            hue="variant",
+            errorbar=("ci", 95),
+            ax=axes[1],
+            legend=False,
+        )
     axes[1].set_ylabel("test cross-entropy")
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -165,10 +206,18 @@ def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     order = [a for a in ("fc", "local", "conv") if a in set(data["arch"])]
     data = data.set_index("arch").loc[order].reset_index()
-    axes[0].bar(data["arch"], data["test_acc_mean"] * 100,
-                yerr=np.nan_to_num([(data["test_acc_mean"] - data["test_acc_ci_low"]) * 100,
-                                    (data["test_acc_ci_high"] - data["test_acc_mean"]) * 100]),
-                color=["C0", "C1", "C2"][: len(data)], capsize=6)
+    axes[0].bar(
+        data["arch"],
+        data["test_acc_mean"] * 100,
+        yerr=np.nan_to_num(
+            [
+                (data["test_acc_mean"] - data["test_acc_ci_low"]) * 100,
+                (data["test_acc_ci_high"] - data["test_acc_mean"]) * 100,
+            ]
+        ),
+        color=["C0", "C1", "C2"][: len(data)],
+        capsize=6,
+    )
     axes[0].set_ylabel("test accuracy (%), mean and 95% CI")
     axes[0].set_title("Accuracy")
     axes[1].bar(data["arch"], data["params_mean"], color=["C0", "C1", "C2"][: len(data)])
@@ -194,29 +243,39 @@ def findings(summary: pd.DataFrame, study: Study) -> dict[str, list[str]]:
             row = stats.loc[variant]
             label = ", ".join(f"{axis} {study.variants[variant].spec[axis]}" for axis in block)
             base_label = ", ".join(f"{axis} {study.config['base'][axis]}" for axis in block)
-            interval = ("" if math.isnan(row["diff_ci_low"]) else
-                        f", 95% CI [{row['diff_ci_low'] * 100:+.1f}, {row['diff_ci_high'] * 100:+.1f}]")
+            interval = (
+                ""
+                if math.isnan(row["diff_ci_low"])
+                else f", 95% CI [{row['diff_ci_low'] * 100:+.1f}, {row['diff_ci_high'] * 100:+.1f}]"
+            )
             diverged = f"; {int(row['diverged'])} of {int(row['seeds'])} runs diverged" if row["diverged"] else ""
-            lines.append(f"{label}: {row['diff_vs_base'] * 100:+.1f} points against {base_label} "
-                         f"({row['test_acc_mean'] * 100:.1f}% vs {base_acc:.1f}%){interval}, "
-                         f"{int(row['seeds'])} seeds{diverged}.")
+            lines.append(
+                f"{label}: {row['diff_vs_base'] * 100:+.1f} points against {base_label} "
+                f"({row['test_acc_mean'] * 100:.1f}% vs {base_acc:.1f}%){interval}, "
+                f"{int(row['seeds'])} seeds{diverged}."
+            )
         ranked = stats.loc[members, "test_acc_mean"].dropna().sort_values(ascending=False)
         if not ranked.empty:
             lines.insert(0, f"Best: {ranked.index[0]} at {ranked.iloc[0] * 100:.1f}% mean test accuracy.")
         text[ablation] = lines
     rf = summary.dropna(subset=["erf_trf_ratio_trained_mean"])
     if not rf.empty:
-        lines = [f"{row.variant}: TRF {row.trf_size_mean:.0f} px, ERF/TRF {row.erf_trf_ratio_trained_mean:.2f} "
-                 f"trained ({row.erf_trf_ratio_init_mean:.2f} at init); training changed the ERF std by "
-                 f"x{row.erf_growth_mean:.2f}." for row in rf.itertuples()]
+        lines = [
+            f"{row.variant}: TRF {row.trf_size_mean:.0f} px, ERF/TRF {row.erf_trf_ratio_trained_mean:.2f} "
+            f"trained ({row.erf_trf_ratio_init_mean:.2f} at init); training changed the ERF std by "
+            f"x{row.erf_growth_mean:.2f}."
+            for row in rf.itertuples()
+        ]
         text["receptive fields"] = lines
     return text
 
 
 def _image_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
-    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>' \
-           f"{html.escape(alt)}</figcaption></figure>"
+    return (
+        f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>'
+        f"{html.escape(alt)}</figcaption></figure>"
+    )
 
 
 def _table(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
@@ -230,9 +289,16 @@ img{max-width:100%}figcaption{font-size:.85em;color:#555}.table{border-collapse:
 padding:1em;overflow-x:auto}.scroll{overflow-x:auto}"""
 
 
-def build_report(study: Study, results_dir: str | Path, figures_dir: str | Path, html_path: str | Path,
-                 analyses: Mapping[str, list[str]], results_csv: str | Path, summary_csv: str | Path,
-                 interpret_dirs: list[str]) -> dict[str, Any]:
+def build_report(
+    study: Study,
+    results_dir: str | Path,
+    figures_dir: str | Path,
+    html_path: str | Path,
+    analyses: Mapping[str, list[str]],
+    results_csv: str | Path,
+    summary_csv: str | Path,
+    interpret_dirs: list[str],
+) -> dict[str, Any]:
     """Write results.csv, summary.csv, every figure and the self-contained index.html."""
     results_dir, figures_dir, html_path = Path(results_dir), Path(figures_dir), Path(html_path)
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -245,27 +311,49 @@ def build_report(study: Study, results_dir: str | Path, figures_dir: str | Path,
 
     sections: list[tuple[str, str]] = []
     notes = findings(summary, study)
-    sections.append(("Findings", "".join(
-        f"<h3>{html.escape(name)}</h3><ul>{''.join(f'<li>{html.escape(line)}</li>' for line in lines)}</ul>"
-        for name, lines in notes.items())))
+    sections.append(
+        (
+            "Findings",
+            "".join(
+                f"<h3>{html.escape(name)}</h3><ul>{''.join(f'<li>{html.escape(line)}</li>' for line in lines)}</ul>"
+                for name, lines in notes.items()
+            ),
+        )
+    )
     ablation_html = []
     for ablation in study.config.get("ablations", {}):
         members = [v for a, v in study.ablation_members() if a == ablation]
         accuracy = accuracy_figure(results, summary, ablation, members, figures_dir / f"accuracy_{ablation}.png")
         curves = learning_curves_figure(results_dir, ablation, members, seeds, figures_dir / f"curves_{ablation}.png")
-        ablation_html.append(f"<h3>{html.escape(ablation)}</h3>"
-                             + _image_tag(accuracy, f"Test accuracy per variant, ablation {ablation}")
-                             + _image_tag(curves, f"Learning curves, ablation {ablation}"))
+        ablation_html.append(
+            f"<h3>{html.escape(ablation)}</h3>"
+            + _image_tag(accuracy, f"Test accuracy per variant, ablation {ablation}")
+            + _image_tag(curves, f"Learning curves, ablation {ablation}")
+        )
     sections.append(("Ablations", "".join(ablation_html)))
     spatial = [v for v in study.variants if study.variants[v].spec["arch"] != "fc"]
-    sections.append(("Cost and receptive fields", "".join([
-        _image_tag(cost_figure(summary, figures_dir / "accuracy_vs_cost.png"),
-                   "Accuracy against parameters and MACs (Pareto front in red)"),
-        _image_tag(rf_figure(summary, figures_dir / "trf_vs_erf.png"), "ERF against TRF per variant"),
-        _image_tag(erf_grid_figure(results_dir, spatial, seeds[0], figures_dir / "erf_maps.png"),
-                   "ERF maps at initialisation and after training"),
-        _image_tag(fc_vs_conv_figure(summary, figures_dir / "fc_vs_conv.png"), "fc against local against conv"),
-    ])))
+    sections.append(
+        (
+            "Cost and receptive fields",
+            "".join(
+                [
+                    _image_tag(
+                        cost_figure(summary, figures_dir / "accuracy_vs_cost.png"),
+                        "Accuracy against parameters and MACs (Pareto front in red)",
+                    ),
+                    _image_tag(rf_figure(summary, figures_dir / "trf_vs_erf.png"), "ERF against TRF per variant"),
+                    _image_tag(
+                        erf_grid_figure(results_dir, spatial, seeds[0], figures_dir / "erf_maps.png"),
+                        "ERF maps at initialisation and after training",
+                    ),
+                    _image_tag(
+                        fc_vs_conv_figure(summary, figures_dir / "fc_vs_conv.png"),
+                        "fc against local against conv",
+                    ),
+                ]
+            ),
+        )
+    )
     analysis_html = []
     for name, outputs in analyses.items():
         parts = [f"<h3>{html.escape(name)}</h3>"]
@@ -279,35 +367,67 @@ def build_report(study: Study, results_dir: str | Path, figures_dir: str | Path,
     learned = []
     for directory in map(Path, interpret_dirs):
         variant = directory.parent.parent.name
-        images = [_image_tag(png, f"{variant}: {png.stem.replace('_', ' ')}") for png in sorted(directory.glob("*.png"))]
+        images = [
+            _image_tag(png, f"{variant}: {png.stem.replace('_', ' ')}") for png in sorted(directory.glob("*.png"))
+        ]
         learned.append(f"<h3>{html.escape(variant)}</h3>" + "".join(images))
     edge = summary[["variant", "edge_match_init_mean", "edge_match_trained_mean"]].dropna()
-    learned.append("<h3>Edge-detector likeness of first-layer filters</h3><p>Mean over filters of the best "
-                   "|correlation| with Sobel and Gabor kernels (1 = a perfect oriented edge detector).</p>"
-                   + _table(edge))
+    learned.append(
+        "<h3>Edge-detector likeness of first-layer filters</h3><p>Mean over filters of the best "
+        "|correlation| with Sobel and Gabor kernels (1 = a perfect oriented edge detector).</p>" + _table(edge)
+    )
     sections.append(("What the network learned", "".join(learned)))
-    columns = ["variant", "ablations", "seeds", "diverged", "test_acc_mean", "test_acc_ci_low", "test_acc_ci_high",
-               "diff_vs_base", "diff_ci_low", "diff_ci_high", "params_mean", "macs_mean", "trf_size_mean",
-               "erf_std_trained_mean", "erf_trf_ratio_trained_mean", "train_seconds_mean"]
-    sections.append(("Tables", "<h3>Per variant (summary.csv)</h3><div class='scroll'>"
-                     + _table(summary[[c for c in columns if c in summary]]) + "</div><h3>Every run (results.csv)"
-                     "</h3><div class='scroll'>" + _table(results) + "</div>"))
+    columns = [
+        "variant",
+        "ablations",
+        "seeds",
+        "diverged",
+        "test_acc_mean",
+        "test_acc_ci_low",
+        "test_acc_ci_high",
+        "diff_vs_base",
+        "diff_ci_low",
+        "diff_ci_high",
+        "params_mean",
+        "macs_mean",
+        "trf_size_mean",
+        "erf_std_trained_mean",
+        "erf_trf_ratio_trained_mean",
+        "train_seconds_mean",
+    ]
+    sections.append(
+        (
+            "Tables",
+            "<h3>Per variant (summary.csv)</h3><div class='scroll'>"
+            + _table(summary[[c for c in columns if c in summary]])
+            + "</div><h3>Every run (results.csv)"
+            "</h3><div class='scroll'>" + _table(results) + "</div>",
+        )
+    )
     study_config = yaml.safe_dump(study.config, sort_keys=False)
-    sections.append(("Reproduce", f"""<p>Config of this study:</p><pre>{html.escape(study_config)}</pre>
+    sections.append(
+        (
+            "Reproduce",
+            f"""<p>Config of this study:</p><pre>{html.escape(study_config)}</pre>
 <pre>make setup            # .venv from uv.lock
 .venv/bin/snakemake --cores all --configfile CONFIG   # this study's config file
 .venv/bin/snakemake --configfile CONFIG --report reports/{study.name}/report.zip</pre>
 <p>Per-run files: <code>{results_dir}/runs/&lt;variant&gt;/seed&lt;seed&gt;/</code>. MLflow: experiment
 <code>{html.escape(study.name)}</code> in the tracking store of the config (default
-<code>sqlite:///results/mlflow.db</code>); browse with <code>make mlflow-ui</code>.</p>"""))
+<code>sqlite:///results/mlflow.db</code>); browse with <code>make mlflow-ui</code>.</p>""",
+        )
+    )
     toc = "".join(f'<li><a href="#{i}">{html.escape(title)}</a></li>' for i, (title, _) in enumerate(sections))
-    body = "".join(f'<section id="{i}"><h2>{html.escape(title)}</h2>{content}</section>'
-                   for i, (title, content) in enumerate(sections))
+    body = "".join(
+        f'<section id="{i}"><h2>{html.escape(title)}</h2>{content}</section>'
+        for i, (title, content) in enumerate(sections)
+    )
     n_runs, n_diverged = len(results), int(results["diverged"].astype(bool).sum())
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cnnablate: {html.escape(study.name)}"
-            f"</title><style>{STYLE}</style></head><body><h1>cnnablate study '{html.escape(study.name)}'</h1>"
-            f"<p>{len(study.variants)} variants x {len(seeds)} seeds = {n_runs} runs ({n_diverged} diverged), "
-            f"dataset {html.escape(study.config['data']['dataset'])}.</p><ol>{toc}</ol>{body}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cnnablate: {html.escape(study.name)}"
+        f"</title><style>{STYLE}</style></head><body><h1>cnnablate study '{html.escape(study.name)}'</h1>"
+        f"<p>{len(study.variants)} variants x {len(seeds)} seeds = {n_runs} runs ({n_diverged} diverged), "
+        f"dataset {html.escape(study.config['data']['dataset'])}.</p><ol>{toc}</ol>{body}</body></html>"
+    )
     html_path.write_text(page)
     return {"runs": n_runs, "diverged": n_diverged, "findings": notes}
-

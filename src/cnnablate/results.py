@@ -18,8 +18,9 @@ from cnnablate.tracking import numeric_items
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
     """The measure rule's numbers under stable column names."""
-    columns: dict[str, Any] = {key: measures.get(key) for key in ("macs", "flops", "erf_growth",
-                                                                   "edge_match_init", "edge_match_trained")}
+    columns: dict[str, Any] = {
+        key: measures.get(key) for key in ("macs", "flops", "erf_growth", "edge_match_init", "edge_match_trained")
+    }
     trf = measures.get("trf") or {}
     columns["trf_size"] = (trf.get("size") or [None])[0]
     columns["trf_stride"] = (trf.get("stride") or [None])[0]
@@ -45,11 +46,27 @@ def collect_results(study: Study, results_dir: str | Path, analyses: Iterable[st
         for seed in study.config["seeds"]:
             run_dir = results_dir / "runs" / variant.id / f"seed{seed}"
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            row: dict[str, Any] = {"study": study.name, "variant": variant.id,
-                                   "ablations": ",".join(memberships.get(variant.id, ["base"])), "seed": seed}
+            row: dict[str, Any] = {
+                "study": study.name,
+                "variant": variant.id,
+                "ablations": ",".join(memberships.get(variant.id, ["base"])),
+                "seed": seed,
+            }
             row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
-            row.update({key: metrics.get(key) for key in ("test_acc", "test_loss", "params", "epochs_completed",
-                                                          "diverged", "train_seconds", "images_per_second")})
+            row.update(
+                {
+                    key: metrics.get(key)
+                    for key in (
+                        "test_acc",
+                        "test_loss",
+                        "params",
+                        "epochs_completed",
+                        "diverged",
+                        "train_seconds",
+                        "images_per_second",
+                    )
+                }
+            )
             measures_path = run_dir / "measures.json"
             if measures_path.exists():
                 row.update(_measure_columns(json.loads(measures_path.read_text())))
@@ -76,8 +93,7 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[fl
     return mean, mean - half, mean + half
 
 
-def difference_interval(a: Iterable[float], b: Iterable[float],
-                        confidence: float = 0.95) -> tuple[float, float, float]:
+def difference_interval(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Difference of means a - b with a Welch t interval (unequal variances); NaN interval if n < 2."""
     x = np.asarray([v for v in a if v is not None and not math.isnan(v)], dtype=float)
     y = np.asarray([v for v in b if v is not None and not math.isnan(v)], dtype=float)
@@ -104,15 +120,26 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         mean, low, high = mean_interval(accuracy)
         diff, diff_low, diff_high = difference_interval(accuracy, base_acc)
         first = group.iloc[0]
-        rows.append({
-            "variant": variant, "ablations": first["ablations"],
-            **{axis: first[axis] for axis in model_axes()},
-            "seeds": int(len(group)), "diverged": int(group["diverged"].astype(bool).sum()),
-            "test_acc_mean": mean, "test_acc_ci_low": low, "test_acc_ci_high": high,
-            "diff_vs_base": diff, "diff_ci_low": diff_low, "diff_ci_high": diff_high,
-            **{f"{column}_mean": group[column].astype(float).mean()
-               for column in group.columns if column not in {"seed", "test_acc", *model_axes()}
-               and pd.api.types.is_numeric_dtype(group[column]) and column != "diverged"},
-        })
+        rows.append(
+            {
+                "variant": variant,
+                "ablations": first["ablations"],
+                **{axis: first[axis] for axis in model_axes()},
+                "seeds": len(group),
+                "diverged": int(group["diverged"].astype(bool).sum()),
+                "test_acc_mean": mean,
+                "test_acc_ci_low": low,
+                "test_acc_ci_high": high,
+                "diff_vs_base": diff,
+                "diff_ci_low": diff_low,
+                "diff_ci_high": diff_high,
+                **{
+                    f"{column}_mean": group[column].astype(float).mean()
+                    for column in group.columns
+                    if column not in {"seed", "test_acc", *model_axes()}
+                    and pd.api.types.is_numeric_dtype(group[column])
+                    and column != "diverged"
+                },
+            }
+        )
     return pd.DataFrame(rows)
-

@@ -19,8 +19,12 @@ from cnnablate.runs import load_run
 log = logging.getLogger(__name__)
 
 
-def _rf_summary(model: torch.nn.Module, input_size: tuple[int, int, int], images: torch.Tensor | None,
-                erf_canvas: int | None) -> tuple[dict[str, Any], np.ndarray | None]:
+def _rf_summary(
+    model: torch.nn.Module,
+    input_size: tuple[int, int, int],
+    images: torch.Tensor | None,
+    erf_canvas: int | None,
+) -> tuple[dict[str, Any], np.ndarray | None]:
     """TRF and ERF of the last spatial feature map; (None, None) for networks without one (fc)."""
     try:
         trf = theoretical_rf(model, input_size)
@@ -31,8 +35,13 @@ def _rf_summary(model: torch.nn.Module, input_size: tuple[int, int, int], images
     return {"trf": trf.to_dict(), "erf": erf.to_dict()}, erf.map
 
 
-def erf_by_depth(trained: torch.nn.Module, initial: torch.nn.Module, input_size: tuple[int, int, int],
-                 images: torch.Tensor, erf_canvas: int | None) -> list[dict[str, Any]]:
+def erf_by_depth(
+    trained: torch.nn.Module,
+    initial: torch.nn.Module,
+    input_size: tuple[int, int, int],
+    images: torch.Tensor,
+    erf_canvas: int | None,
+) -> list[dict[str, Any]]:
     """TRF and ERF after every block (depth 1, 2, ...), trained and at initialisation: how both grow."""
     rows = []
     for depth, layer in enumerate(block_outputs(trained), start=1):
@@ -46,8 +55,13 @@ def erf_by_depth(trained: torch.nn.Module, initial: torch.nn.Module, input_size:
     return rows
 
 
-def measure_run(run_dir: str | Path, dataset: str | Path, outputs: Mapping[str, str], erf_images: int,
-                erf_canvas: int | None) -> dict[str, Any]:
+def measure_run(
+    run_dir: str | Path,
+    dataset: str | Path,
+    outputs: Mapping[str, str],
+    erf_images: int,
+    erf_canvas: int | None,
+) -> dict[str, Any]:
     """Write measures.json, the ERF maps (init, trained) and their figure for one finished run."""
     trained = load_run(run_dir, dataset, trained=True)
     initial = load_run(run_dir, dataset, trained=False)

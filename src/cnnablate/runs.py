@@ -33,8 +33,9 @@ def build_for_dataset(spec: Mapping[str, Any], arrays: ArrayDataset, seed: int) 
     return build_model(spec, arrays.num_classes, channels, height)
 
 
-def load_run(run_dir: str | Path, dataset: str | Path, trained: bool = True,
-             device: torch.device | str = "cpu") -> LoadedRun:
+def load_run(
+    run_dir: str | Path, dataset: str | Path, trained: bool = True, device: torch.device | str = "cpu"
+) -> LoadedRun:
     """Rebuild a run's model from metrics.json (spec, seed) and, if ``trained``, load model.pt safely."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -30,8 +30,9 @@ def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, data: DeviceDataset, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    return torch.cat([model(data.normalize(images[i : i + batch_size])).argmax(1)
-                      for i in range(0, len(images), batch_size)])
+    return torch.cat(
+        [model(data.normalize(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
+    )
 
 
 @torch.no_grad()

@@ -59,8 +59,12 @@ def setup_study(study: str, configured_uri: str, output: str | Path, artifact_ro
         experiment_id = client.create_experiment(study, artifact_location=location)
     else:
         experiment_id = experiment.experiment_id
-    parents = client.search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'parent'", max_results=1,
-                                 order_by=["attributes.start_time ASC"])
+    parents = client.search_runs(
+        [experiment_id],
+        f"tags.`{ROLE_TAG}` = 'parent'",
+        max_results=1,
+        order_by=["attributes.start_time ASC"],
+    )
     if parents:
         parent_id = parents[0].info.run_id
     else:
@@ -152,8 +156,11 @@ def job_run_logger(setup: Mapping[str, str], job_key: str) -> RunLogger:
     """A logger for the newest FINISHED run of a job key: analysis rules attach their results to it."""
     client = _client(setup["tracking_uri"])
     query = f"tags.`{JOB_KEY_TAG}` = '{job_key}' and attributes.status = 'FINISHED'"
-    runs = _retry(lambda: client.search_runs([setup["experiment_id"]], query, max_results=1,
-                                             order_by=["attributes.start_time DESC"]))
+    runs = _retry(
+        lambda: client.search_runs(
+            [setup["experiment_id"]], query, max_results=1, order_by=["attributes.start_time DESC"]
+        )
+    )
     if not runs:
         raise LookupError(f"no FINISHED MLflow run with {JOB_KEY_TAG} = {job_key!r}")
     return RunLogger(client, runs[0].info.run_id)
@@ -164,8 +171,11 @@ def numeric_items(mapping: Mapping[str, Any], prefix: str) -> dict[str, float]:
     from cnnablate.config import flatten
 
     flat = flatten(mapping, prefix)
-    return {key.replace("[", "_").replace("]", ""): float(value) for key, value in flat.items()
-            if isinstance(value, int | float) and not isinstance(value, bool) and value == value}
+    return {
+        key.replace("[", "_").replace("]", ""): float(value)
+        for key, value in flat.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    }
 
 
 def sync_analyses(setup: Mapping[str, str], runs: Iterable[tuple[str, Path]], analyses: Iterable[str]) -> dict:

@@ -34,8 +34,16 @@ from cnnablate.models import build_model
 
 log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
-HISTORY_FIELDS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds",
-                  "images_per_second"]
+HISTORY_FIELDS = [
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+]
 
 
 @dataclass
@@ -91,20 +99,32 @@ def make_optimizer(model: nn.Module, recipe: Mapping[str, Any], device: torch.de
     """Nesterov SGD; weight decay only on weights of rank >= 2; fused kernels on CUDA."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": recipe["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [
+        {"params": decay, "weight_decay": recipe["weight_decay"]},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0,
-                           **fused)
+    return torch.optim.SGD(
+        groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, **fused
+    )
 
 
-def make_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, choice: DeviceChoice,
-              compile_mode: str) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+def make_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    choice: DeviceChoice,
+    compile_mode: str,
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """One optimisation step returning (loss, number correct) as device tensors."""
     forward = model if compile_mode == "off" else torch.compile(model, mode=compile_mode)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(choice.device.type, dtype=choice.autocast_dtype or torch.bfloat16,
-                            enabled=choice.autocast_dtype is not None):
+        with torch.autocast(
+            choice.device.type,
+            dtype=choice.autocast_dtype or torch.bfloat16,
+            enabled=choice.autocast_dtype is not None,
+        ):
             logits = forward(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -120,9 +140,14 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
 
 
-def run_epoch(step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-              scheduler: torch.optim.lr_scheduler.LRScheduler, data: DeviceDataset, batch_size: int,
-              recipe: Mapping[str, Any], generator: torch.Generator) -> tuple[float, float]:
+def run_epoch(
+    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    data: DeviceDataset,
+    batch_size: int,
+    recipe: Mapping[str, Any],
+    generator: torch.Generator,
+) -> tuple[float, float]:
     """One pass over the training set; loss and accuracy accumulate on the device and sync once at the end."""
     loss_sum = torch.zeros((), device=data.device)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
@@ -142,8 +167,11 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
     loss_sum = torch.zeros((), device=choice.device)
     correct = torch.zeros((), device=choice.device, dtype=torch.long)
     for images, labels in data.eval_batches(batch_size):
-        with torch.autocast(choice.device.type, dtype=choice.autocast_dtype or torch.bfloat16,
-                            enabled=choice.autocast_dtype is not None):
+        with torch.autocast(
+            choice.device.type,
+            dtype=choice.autocast_dtype or torch.bfloat16,
+            enabled=choice.autocast_dtype is not None,
+        ):
             logits = model(images).float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -154,10 +182,15 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
 def git_commit() -> str:
     """The commit of the working tree that ran the job (with '+dirty' when it has local changes)."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -193,9 +226,18 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
         return None
     from cnnablate.tracking import JobRun, read_setup
 
-    run = JobRun(read_setup(job.tracking_setup), job.job_key, f"{job.variant}/seed{job.seed}",
-                 {"variant": job.variant, "seed": job.seed, "ablation": ",".join(job.ablations),
-                  "git_commit": git_commit(), "study": job.study})
+    run = JobRun(
+        read_setup(job.tracking_setup),
+        job.job_key,
+        f"{job.variant}/seed{job.seed}",
+        {
+            "variant": job.variant,
+            "seed": job.seed,
+            "ablation": ",".join(job.ablations),
+            "git_commit": git_commit(),
+            "study": job.study,
+        },
+    )
     run.log_params(params)
     return run
 
@@ -208,18 +250,24 @@ def train(job: TrainJob) -> dict[str, Any]:
     recipe = job.recipe
     torch.set_num_threads(recipe["threads"])
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
-    log.info("job %s on %s (autocast %s, channels_last %s)", job.job_key, choice.description,
-             choice.autocast_dtype, choice.channels_last)
+    log.info(
+        "job %s on %s (autocast %s, channels_last %s)",
+        job.job_key,
+        choice.description,
+        choice.autocast_dtype,
+        choice.channels_last,
+    )
 
     arrays = load_prepared(job.dataset)
     train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
-    test_data = DeviceDataset(arrays.x_test, arrays.y_test, choice.device, train_data.mean, train_data.std,
-                              choice.channels_last)
+    test_data = DeviceDataset(
+        arrays.x_test, arrays.y_test, choice.device, train_data.mean, train_data.std, choice.channels_last
+    )
     timings["data"] = time.time() - clock
     clock = time.time()
 
     torch.manual_seed(job.seed)
-    _, height, width, channels = arrays.x_train.shape
+    _, height, _, channels = arrays.x_train.shape
     model = build_model(job.spec, arrays.num_classes, channels, height).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     params_count = sum(p.numel() for p in model.parameters())
@@ -229,7 +277,8 @@ def train(job: TrainJob) -> dict[str, Any]:
     optimizer = make_optimizer(model, recipe, choice.device)
     warmup = round(recipe["warmup_epochs"] * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, recipe["schedule"]))
+        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, recipe["schedule"])
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
     step = make_step(model, optimizer, loss_fn, choice, recipe["compile"])
 
@@ -250,8 +299,13 @@ def train(job: TrainJob) -> dict[str, Any]:
     timings["model"] = time.time() - clock
     clock = time.time()
 
-    params = {**flatten(job.spec, "model."), **flatten(recipe, "train."), "seed": job.seed,
-              "variant": job.variant, "dataset": str(job.dataset)}
+    params = {
+        **flatten(job.spec, "model."),
+        **flatten(recipe, "train."),
+        "seed": job.seed,
+        "variant": job.variant,
+        "dataset": str(job.dataset),
+    }
     tracker = _open_tracking(job, params)
     if tracker is not None:
         for row in history:
@@ -264,8 +318,14 @@ def train(job: TrainJob) -> dict[str, Any]:
     try:
         for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
             epoch_start = time.time()
-            train_loss, train_acc = run_epoch(step, scheduler, train_data, batch_size, recipe,
-                                              epoch_generator(job.seed, epoch, choice.device))
+            train_loss, train_acc = run_epoch(
+                step,
+                scheduler,
+                train_data,
+                batch_size,
+                recipe,
+                epoch_generator(job.seed, epoch, choice.device),
+            )
             first_step_at = first_step_at or epoch_start
             seen = steps_per_epoch * batch_size
             epoch_seconds = time.time() - epoch_start
@@ -275,18 +335,42 @@ def train(job: TrainJob) -> dict[str, Any]:
                 log.warning("epoch %d: loss is %s; the run diverged and stops here", epoch, train_loss)
                 break
             test_loss, test_acc = evaluate(model, test_data, recipe["eval_batch_size"], choice)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss,
-                   "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": epoch_seconds,
-                   "images_per_second": seen / epoch_seconds}
+            row = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_acc": train_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "lr": optimizer.param_groups[0]["lr"],
+                "epoch_seconds": epoch_seconds,
+                "images_per_second": seen / epoch_seconds,
+            }
             history.append(row)
             left = (recipe["epochs"] - epoch) * train_seconds / (epoch - start_epoch or 1)
-            log.info("epoch %3d/%d  loss %.4f  train %.2f%%  test %.2f%%  %8.0f img/s  %6.1fs left", epoch,
-                     recipe["epochs"], train_loss, 100 * train_acc, 100 * test_acc, row["images_per_second"], left)
+            log.info(
+                "epoch %3d/%d  loss %.4f  train %.2f%%  test %.2f%%  %8.0f img/s  %6.1fs left",
+                epoch,
+                recipe["epochs"],
+                train_loss,
+                100 * train_acc,
+                100 * test_acc,
+                row["images_per_second"],
+                left,
+            )
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            save_atomic({"fingerprint": fingerprint, "epoch": epoch, "history": history,
-                         "train_seconds": train_seconds, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, job.checkpoint)
+            save_atomic(
+                {
+                    "fingerprint": fingerprint,
+                    "epoch": epoch,
+                    "history": history,
+                    "train_seconds": train_seconds,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                },
+                job.checkpoint,
+            )
         training_done = time.time()
 
         job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,17 +378,32 @@ def train(job: TrainJob) -> dict[str, Any]:
         write_history(history, job.run_dir / "history.csv")
         last = history[-1] if history else {}
         metrics: dict[str, Any] = {
-            "study": job.study, "variant": job.variant, "seed": job.seed, "ablations": job.ablations,
-            "spec": job.spec, "test_acc": None if diverged else last.get("test_acc"),
-            "test_loss": None if diverged else last.get("test_loss"), "train_loss": last.get("train_loss"),
-            "train_acc": last.get("train_acc"), "params": params_count, "epochs": recipe["epochs"],
-            "epochs_completed": len(history), "diverged": diverged, "train_seconds": train_seconds,
-            "images_per_second": (len(history) * steps_per_epoch * batch_size / train_seconds
-                                  if train_seconds else None),
-            "device": choice.description, "precision": str(choice.autocast_dtype or torch.float32),
-            "channels_last": choice.channels_last, "resumed_from_epoch": resumed_from,
-            "versions": package_versions(), "git_commit": git_commit(), "num_classes": arrays.num_classes,
-            "train_images": len(train_data), "test_images": len(test_data),
+            "study": job.study,
+            "variant": job.variant,
+            "seed": job.seed,
+            "ablations": job.ablations,
+            "spec": job.spec,
+            "test_acc": None if diverged else last.get("test_acc"),
+            "test_loss": None if diverged else last.get("test_loss"),
+            "train_loss": last.get("train_loss"),
+            "train_acc": last.get("train_acc"),
+            "params": params_count,
+            "epochs": recipe["epochs"],
+            "epochs_completed": len(history),
+            "diverged": diverged,
+            "train_seconds": train_seconds,
+            "images_per_second": (
+                len(history) * steps_per_epoch * batch_size / train_seconds if train_seconds else None
+            ),
+            "device": choice.description,
+            "precision": str(choice.autocast_dtype or torch.float32),
+            "channels_last": choice.channels_last,
+            "resumed_from_epoch": resumed_from,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "num_classes": arrays.num_classes,
+            "train_images": len(train_data),
+            "test_images": len(test_data),
             "mlflow_run_id": tracker.run_id if tracker else None,
         }
         timings["first_step"] = (first_step_at or training_done) - started
@@ -312,15 +411,25 @@ def train(job: TrainJob) -> dict[str, Any]:
         metrics["overhead_seconds"] = timings
         (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if tracker is not None:
-            tracker.log_metrics({"final_test_acc": metrics["test_acc"], "params": params_count,
-                                 "train_seconds": train_seconds, "diverged": float(diverged),
-                                 "epochs_completed": len(history)})
+            tracker.log_metrics(
+                {
+                    "final_test_acc": metrics["test_acc"],
+                    "params": params_count,
+                    "train_seconds": train_seconds,
+                    "diverged": float(diverged),
+                    "epochs_completed": len(history),
+                }
+            )
             tracker.log_artifacts([job.run_dir / name for name in ("metrics.json", "history.csv", "model.pt")])
         status = "FINISHED"
     finally:
         if tracker is not None:
             tracker.finish(status)
     job.checkpoint.unlink(missing_ok=True)
-    log.info("done: test accuracy %s after %d epochs, %.1fs training", metrics["test_acc"], len(history),
-             train_seconds)
+    log.info(
+        "done: test accuracy %s after %d epochs, %.1fs training",
+        metrics["test_acc"],
+        len(history),
+        train_seconds,
+    )
     return metrics

@@ -10,9 +10,9 @@ config.update(validate_config(config))  # fails here, before any job, naming the
 STUDY = Study.from_config(config)
 RESULTS = f"results/{STUDY.name}"
 REPORTS = f"reports/{STUDY.name}"
-RUN = RESULTS + "/runs/{variant}/seed{seed}"
-LOGS = RESULTS + "/logs"
-BENCHMARKS = RESULTS + "/benchmarks"
+RUN = f"results/{STUDY.name}/runs/{{variant}}/seed{{seed}}"
+LOGS = f"results/{STUDY.name}/logs"
+BENCHMARKS = f"results/{STUDY.name}/benchmarks"
 ENV = "../../environment.yml"
 ANALYSES = {}
 
@@ -24,7 +24,10 @@ wildcard_constraints:
 
 def register_analysis(name, study_outputs=()):
     """Declare a per-run analysis: its rule writes RUN/<name>.json (flat metrics); report and MLflow pick it up."""
-    ANALYSES[name] = {"run_output": f"{RUN}/{name}.json", "study_outputs": list(study_outputs)}
+    ANALYSES[name] = {
+        "run_output": f"{RUN}/{name}.json",
+        "study_outputs": list(study_outputs),
+    }
 
 
 def runs():
@@ -65,4 +68,14 @@ def interpret_targets(wildcards=None):
     """Interpretation figures for base and every variant the config names, first seed only."""
     variants = ["base", *(v for v in config["analysis"]["interpret"] if v != "base")]
     seed = config["seeds"][0]
-    return [RUN.format(variant=variant, seed=seed) + "/interpret" for variant in variants]
+    return [f"{RESULTS}/runs/{variant}/seed{seed}/interpret" for variant in variants]
+
+
+def dataset_archive(wildcards):
+    """The raw archive a dataset needs (none for synthetic and npz data)."""
+    from cnnablate.data import archive_path
+
+    dataset = config["data"]["dataset"]
+    if dataset in ("cifar10", "cifar100"):
+        return str(archive_path(dataset, config["data"]["root"]))
+    return []

@@ -3,32 +3,22 @@
 
 rule download_data:
     output:
-        config["data"]["root"] + "/{archive}.tar.gz",
-    wildcard_constraints:
-        archive="cifar-10-python|cifar-100-python",
-    params:
-        dataset=lambda w: "cifar10" if w.archive == "cifar-10-python" else "cifar100",
-        root=config["data"]["root"],
+        os.path.join(config["data"]["root"], "{archive}.tar.gz"),
     log:
         "resources/logs/download_{archive}.log",
     benchmark:
         "resources/benchmarks/download_{archive}.tsv"
-    localrule: True
+    wildcard_constraints:
+        archive="cifar-10-python|cifar-100-python",
     retries: 2
+    localrule: True
     conda:
         ENV
+    params:
+        dataset=lambda w: "cifar10" if w.archive == "cifar-10-python" else "cifar100",
+        root=lambda w, output: os.path.dirname(output[0]),
     script:
         "../scripts/download_data.py"
-
-
-def dataset_archive(wildcards):
-    """The raw archive a dataset needs (none for synthetic and npz data)."""
-    from cnnablate.data import archive_path
-
-    dataset = config["data"]["dataset"]
-    if dataset in ("cifar10", "cifar100"):
-        return str(archive_path(dataset, config["data"]["root"]))
-    return []
 
 
 rule prepare_data:
@@ -36,13 +26,13 @@ rule prepare_data:
         archive=dataset_archive,
     output:
         f"{RESULTS}/data/dataset.npz",
-    params:
-        data=config["data"],
     log:
         f"{LOGS}/prepare_data.log",
     benchmark:
         f"{BENCHMARKS}/prepare_data.tsv"
     conda:
         ENV
+    params:
+        data=config["data"],
     script:
         "../scripts/prepare_data.py"

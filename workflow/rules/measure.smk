@@ -11,16 +11,16 @@ rule measure:
         erf_init=f"{RUN}/erf_init.npy",
         erf_trained=f"{RUN}/erf_trained.npy",
         figure=f"{RUN}/measures_erf.png",
-    params:
-        erf_images=config["analysis"]["erf_images"],
-        erf_canvas=config["analysis"]["erf_canvas"],
     log:
         f"{LOGS}/measure/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/measure/{{variant}}/seed{{seed}}.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        erf_images=config["analysis"]["erf_images"],
+        erf_canvas=config["analysis"]["erf_canvas"],
     script:
         "../scripts/measure.py"
 

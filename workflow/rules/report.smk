@@ -8,9 +8,6 @@ rule mlflow_sync:
         analyses=analysis_outputs,
     output:
         f"{RESULTS}/mlflow_sync.json",
-    params:
-        results=RESULTS,
-        analyses=lambda w: list(ANALYSES),
     log:
         f"{LOGS}/mlflow_sync.log",
     benchmark:
@@ -18,6 +15,8 @@ rule mlflow_sync:
     localrule: True
     conda:
         ENV
+    params:
+        analyses=lambda w: list(ANALYSES),
     script:
         "../scripts/mlflow_sync.py"
 
@@ -33,9 +32,9 @@ rule interpret:
         f"{LOGS}/interpret/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/interpret/{{variant}}/seed{{seed}}.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
     script:
         "../scripts/interpret.py"
 
@@ -65,11 +64,6 @@ rule report:
             category="Figures",
         ),
         html=f"{REPORTS}/index.html",
-    params:
-        study=STUDY.name,
-        results=RESULTS,
-        analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
-        config=config,
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -77,5 +71,10 @@ rule report:
     localrule: True
     conda:
         ENV
+    params:
+        study=STUDY.name,
+        results=lambda w, output: os.path.dirname(output.results),
+        analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
+        config=config,
     script:
         "../scripts/report.py"

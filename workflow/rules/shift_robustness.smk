@@ -10,15 +10,15 @@ rule shift_robustness:
         data=f"{RESULTS}/data/dataset.npz",
     output:
         f"{RUN}/shift.json",
-    params:
-        shifts=config["analysis"]["shifts"],
     log:
         f"{LOGS}/shift/{{variant}}/seed{{seed}}.log",
     benchmark:
         f"{BENCHMARKS}/shift/{{variant}}/seed{{seed}}.tsv"
-    threads: 1
     conda:
         ENV
+    threads: 1
+    params:
+        shifts=config["analysis"]["shifts"],
     script:
         "../scripts/shift_robustness.py"
 

@@ -4,10 +4,6 @@
 rule mlflow_setup:
     output:
         f"{RESULTS}/mlflow.json",
-    params:
-        study=STUDY.name,
-        tracking_uri=config["mlflow"]["tracking_uri"],
-        artifact_root="results/mlflow-artifacts",
     log:
         f"{LOGS}/mlflow_setup.log",
     benchmark:
@@ -15,6 +11,10 @@ rule mlflow_setup:
     localrule: True
     conda:
         ENV
+    params:
+        study=STUDY.name,
+        tracking_uri=config["mlflow"]["tracking_uri"],
+        artifact_root="results/mlflow-artifacts",
     script:
         "../scripts/mlflow_setup.py"
 
@@ -27,6 +27,17 @@ rule train:
         metrics=f"{RUN}/metrics.json",
         history=f"{RUN}/history.csv",
         model=f"{RUN}/model.pt",
+    log:
+        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/train/{{variant}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
     params:
         study=STUDY.name,
         spec=variant_spec,
@@ -34,16 +45,5 @@ rule train:
         recipe=config["train"],
         # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
         checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
-    log:
-        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/train/{{variant}}/seed{{seed}}.tsv"
-    threads: config["train"]["threads"]
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        ENV
     script:
         "../scripts/train.py"

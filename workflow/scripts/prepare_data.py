@@ -10,5 +10,9 @@ dataset = prepare_dataset(dict(snakemake.params.data))
 dataset.save(snakemake.output[0])
 logging.getLogger("cnnablate.data").info(
     "%d train and %d test images of shape %s, %d classes -> %s",
-    len(dataset.y_train), len(dataset.y_test), dataset.x_train.shape[1:], dataset.num_classes, snakemake.output[0],
+    len(dataset.y_train),
+    len(dataset.y_test),
+    dataset.x_train.shape[1:],
+    dataset.num_classes,
+    snakemake.output[0],
 )

@@ -45,9 +45,7 @@ def evaluation(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def placed(
-    model: nn.Module, device: torch.device | str | None = None
-) -> Iterator[tuple[torch.device, torch.dtype]]:
+def placed(model: nn.Module, device: torch.device | str | None = None) -> Iterator[tuple[torch.device, torch.dtype]]:
     """Run on ``device`` (default: where the model lives) and yield ``(device, dtype)`` for inputs.
 
     A model moved for the measurement is moved back afterwards, so callers keep their placement.

@@ -907,9 +907,7 @@ def _summarise(
     if layer is None:
         pointwise = ((1, 1), (1, 1), (0, 0))  # the input, or pointwise functions of it (normalisation)
         candidates = [
-            e
-            for e in layers
-            if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
+            e for e in layers if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
         ]
         if not candidates:
             raise ValueError("the model has no spatial feature map (a window applied, several units)")
