@@ -26,12 +26,13 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	touch $@
 
 demo: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --rerun-incomplete --keep-going
 	$(BIN)/snakemake --cores 1 --configfile config/demo.yaml --report reports/demo/report.zip
 	@echo "Report: reports/demo/index.html (and reports/demo/report.zip); MLflow: make mlflow-ui"
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check src tests benchmarks workflow/scripts
 	$(BIN)/snakefmt --check Snakefile workflow
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakemake --lint --configfile .test/config/config.yaml

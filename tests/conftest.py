@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,32 +29,32 @@ def write_config(directory: Path, config: dict, name: str = "config.yaml") -> Pa
 
 
 def snakemake(
-    workdir: Path, configfile: Path, *args: str, check: bool = True, timeout: int = 900, **popen
+    workdir: Path,
+    configfile: Path,
+    *args: str,
+    check: bool = True,
+    timeout: int = 900,
+    snakefile: Path = ROOT / "Snakefile",
 ) -> subprocess.CompletedProcess:
     """Run the project's workflow with a scratch working directory (results/ and reports/ land there)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": "", "CNNABLATE_GPU_LOCK_DIR": str(workdir / "locks")}
-    env.pop("MLFLOW_TRACKING_URI")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["CNNABLATE_GPU_LOCK_DIR"] = str(workdir / "locks")
     command = [
         SNAKEMAKE,
         "-s",
-        str(ROOT / "Snakefile"),
+        str(snakefile),
         "-d",
         str(workdir),
         "--configfile",
         str(configfile),
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, **popen)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
         )
     return result
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return tmp_path
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +64,3 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = write_config(directory, tiny_config(seeds=[0, 1]))
     snakemake(directory, config, "--cores", "2")
     return directory
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target, symlinks=True)
-    return target

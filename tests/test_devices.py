@@ -80,3 +80,13 @@ def test_cuda_path_claims_a_slot_and_picks_bf16(monkeypatch, tmp_path) -> None:
     assert first.autocast_dtype is torch.bfloat16 and first.channels_last
     assert torch.backends.cudnn.benchmark
     assert (tmp_path / "gpu0-slot0.lock").exists() and second.lock is not None
+
+
+def test_under_slurm_no_lock_is_taken(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("CNNABLATE_GPU_LOCK_DIR", str(tmp_path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    choice = choose_device("auto", "auto")
+    assert str(choice.device) == "cuda:0" and choice.lock is None and not list(tmp_path.iterdir())

@@ -2,7 +2,8 @@
 
 Snakemake never assigns GPUs to local jobs, so each job claims a slot itself: an exclusive ``flock`` on
 one lock file per (GPU, slot), taken before CUDA initialises and held until the process exits. Under SLURM
-the scheduler already restricts ``CUDA_VISIBLE_DEVICES`` and the job simply sees one device.
+(``SLURM_JOB_ID`` set) the scheduler already gave the job its GPU, and no lock is taken: every job there
+sees its GPU as device 0, so locks named by index would make jobs on one node wait for each other.
 """
 
 from __future__ import annotations
@@ -105,7 +106,10 @@ def choose_device(
     if force_cpu or not torch.cuda.is_available():
         device, lock = torch.device("cpu"), None
     else:
-        gpu, lock = claim_gpu_slot(torch.cuda.device_count(), jobs_per_gpu)
+        if os.environ.get("SLURM_JOB_ID"):  # the scheduler already gave this job its own GPU(s)
+            gpu, lock = 0, None
+        else:
+            gpu, lock = claim_gpu_slot(torch.cuda.device_count(), jobs_per_gpu)
         device = torch.device("cuda", gpu)
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True

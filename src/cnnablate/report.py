@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 
 from cnnablate.config import Study
 from cnnablate.results import collect_results, summarize
+from cnnablate.tracking import numeric_items
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -172,6 +174,40 @@ def erf_grid_figure(results_dir: Path, variants: list[str], seed: int, path: Pat
     return _save(fig, path)
 
 
+def erf_depth_table(results_dir: Path, variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """ERF and TRF after every block of every spatial variant and seed (from measures.json)."""
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            measures = json.loads((results_dir / "runs" / variant / f"seed{seed}" / "measures.json").read_text())
+            rows += [{"variant": variant, "seed": seed, **row} for row in measures.get("erf_by_depth", [])]
+    return pd.DataFrame(rows)
+
+
+def erf_depth_figure(depth: pd.DataFrame, path: Path) -> Path:
+    """ERF/TRF ratio against depth, trained and at initialisation: the ERF fills less of the TRF as it grows."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, stage in zip(axes, ("init", "trained"), strict=True):
+        if not depth.empty:
+            sns.lineplot(
+                data=depth,
+                x="depth",
+                y=f"erf_trf_ratio_{stage}",
+                hue="variant",
+                marker="o",
+                ax=ax,
+                errorbar=("ci", 95),
+                legend=stage == "trained",
+            )
+        ax.set_xlabel("depth (convolution blocks from the input)")
+        ax.set_ylabel("ERF size / TRF size")
+        ax.set_title("at initialisation" if stage == "init" else "after training")
+    if not depth.empty:
+        axes[1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.suptitle("Effective over theoretical receptive field, block by block")
+    return _save(fig, path)
+
+
 def learning_curves_figure(results_dir: Path, ablation: str, members: list[str], seeds: list[int], path: Path) -> Path:
     """Test accuracy and test loss per epoch for the variants of one ablation (mean and 95% CI over seeds)."""
     frames = []
@@ -270,6 +306,30 @@ def findings(summary: pd.DataFrame, study: Study) -> dict[str, list[str]]:
     return text
 
 
+def depth_findings(depth: pd.DataFrame) -> list[str]:
+    """How the ERF/TRF ratio changes from the first to the last block, per variant (mean over seeds)."""
+    if depth.empty:
+        return []
+    means = depth.groupby(["variant", "depth"], as_index=False).mean(numeric_only=True)
+    lines = []
+    for variant, group in means.groupby("variant", sort=False):
+        first, last = group.iloc[0], group.iloc[-1]
+        lines.append(
+            f"{variant}: ERF/TRF falls from {first['erf_trf_ratio_trained']:.2f} after block 1 "
+            f"(TRF {first['trf_size']:.0f} px) to {last['erf_trf_ratio_trained']:.2f} after block "
+            f"{int(last['depth'])} (TRF {last['trf_size']:.0f} px), trained; at initialisation "
+            f"{first['erf_trf_ratio_init']:.2f} to {last['erf_trf_ratio_init']:.2f}."
+        )
+    return lines
+
+
+def analysis_columns(results_dir: Path, study: Study, analysis: str) -> list[str]:
+    """The results.csv columns an analysis contributes (the numbers in one of its run files)."""
+    variant, seed = next(iter(study.variants)), study.config["seeds"][0]
+    path = results_dir / "runs" / variant / f"seed{seed}" / f"{analysis}.json"
+    return list(numeric_items(json.loads(path.read_text()), "")) if path.exists() else []
+
+
 def _image_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (
@@ -287,6 +347,14 @@ h1{border-bottom:2px solid #444}h2{margin-top:2em;border-bottom:1px solid #aaa}f
 img{max-width:100%}figcaption{font-size:.85em;color:#555}.table{border-collapse:collapse;font-size:.8em}
 .table td,.table th{padding:2px 6px;border-bottom:1px solid #ddd;text-align:right}pre{background:#f4f4f4;
 padding:1em;overflow-x:auto}.scroll{overflow-x:auto}"""
+
+
+# Marks the page with how many images failed to decode, so a headless browser can check the page.
+SELF_CHECK = """<script>window.addEventListener("load", () => {
+const images = [...document.images];
+document.body.dataset.images = images.length;
+document.body.dataset.brokenImages = images.filter(i => !i.complete || i.naturalWidth === 0).length;
+});</script>"""
 
 
 def build_report(
@@ -311,6 +379,9 @@ def build_report(
 
     sections: list[tuple[str, str]] = []
     notes = findings(summary, study)
+    spatial = [v for v in study.variants if study.variants[v].spec["arch"] != "fc"]
+    depth = erf_depth_table(results_dir, spatial, seeds)
+    notes["receptive fields by depth"] = depth_findings(depth)
     sections.append(
         (
             "Findings",
@@ -331,7 +402,6 @@ def build_report(
             + _image_tag(curves, f"Learning curves, ablation {ablation}")
         )
     sections.append(("Ablations", "".join(ablation_html)))
-    spatial = [v for v in study.variants if study.variants[v].spec["arch"] != "fc"]
     sections.append(
         (
             "Cost and receptive fields",
@@ -357,6 +427,13 @@ def build_report(
     analysis_html = []
     for name, outputs in analyses.items():
         parts = [f"<h3>{html.escape(name)}</h3>"]
+        columns = analysis_columns(results_dir, study, name)
+        if columns and name != "measures":
+            means = results.groupby("variant", sort=False)[columns].mean().reset_index()
+            parts.append(
+                f"<p>Mean over seeds of every number in <code>{name}.json</code>.</p>"
+                f'<div class="scroll">{_table(means)}</div>'
+            )
         for output in map(Path, outputs):
             if output.suffix == ".png":
                 parts.append(_image_tag(output, f"{name}: {output.stem}"))
@@ -427,7 +504,7 @@ def build_report(
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>cnnablate: {html.escape(study.name)}"
         f"</title><style>{STYLE}</style></head><body><h1>cnnablate study '{html.escape(study.name)}'</h1>"
         f"<p>{len(study.variants)} variants x {len(seeds)} seeds = {n_runs} runs ({n_diverged} diverged), "
-        f"dataset {html.escape(study.config['data']['dataset'])}.</p><ol>{toc}</ol>{body}</body></html>"
+        f"dataset {html.escape(study.config['data']['dataset'])}.</p><ol>{toc}</ol>{body}{SELF_CHECK}</body></html>"
     )
     html_path.write_text(page)
     return {"runs": n_runs, "diverged": n_diverged, "findings": notes}

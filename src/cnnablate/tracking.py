@@ -25,13 +25,11 @@ ROLE_TAG = "cnnablate.role"
 
 
 def resolve_tracking_uri(configured: str) -> str:
-    """MLFLOW_TRACKING_URI wins over the config; a relative sqlite path becomes absolute (jobs change cwd)."""
+    """MLFLOW_TRACKING_URI wins over the config; a SQLite file's folder is created (relative to the workdir)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
     prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        path = Path(uri[len(prefix) :]).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        uri = prefix + str(path)
+    if uri.startswith(prefix):
+        Path(uri[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
     return uri
 
 
