@@ -283,7 +283,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     step = make_step(model, optimizer, loss_fn, choice, recipe["compile"])
 
     history: list[dict[str, float]] = []
-    start_epoch, train_seconds, resumed_from = 0, 0.0, None
+    start_epoch, train_seconds, eval_seconds, resumed_from = 0, 0.0, 0.0, None
     fingerprint = job.fingerprint()
     if job.checkpoint.exists():
         state = torch.load(job.checkpoint, map_location=choice.device, weights_only=True)
@@ -334,7 +334,9 @@ def train(job: TrainJob) -> dict[str, Any]:
                 diverged = True
                 log.warning("epoch %d: loss is %s; the run diverged and stops here", epoch, train_loss)
                 break
+            eval_start = time.time()
             test_loss, test_acc = evaluate(model, test_data, recipe["eval_batch_size"], choice)
+            eval_seconds += time.time() - eval_start
             row = {
                 "epoch": epoch,
                 "train_loss": train_loss,
@@ -392,6 +394,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             "epochs_completed": len(history),
             "diverged": diverged,
             "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
             "images_per_second": (
                 len(history) * steps_per_epoch * batch_size / train_seconds if train_seconds else None
             ),

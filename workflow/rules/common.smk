@@ -2,6 +2,7 @@
 import os
 
 from cnnablate.config import Study, validate_config
+from cnnablate.jobserver import JobServer
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -79,3 +80,18 @@ def dataset_archive(wildcards):
     if dataset in ("cifar10", "cifar100"):
         return str(archive_path(dataset, config["data"]["root"]))
     return []
+
+
+JOB_SERVER = JobServer()
+
+
+onstart:
+    JOB_SERVER.start()
+
+
+onsuccess:
+    JOB_SERVER.stop()
+
+
+onerror:
+    JOB_SERVER.stop()
