@@ -35,7 +35,9 @@ def study_wall_seconds(log: Path) -> float:
 
 
 def latest_snakemake_log(workdir: Path) -> Path:
-    return max((workdir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    """The newest Snakemake log that ran jobs (a --report call writes a log too)."""
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"), key=lambda p: p.stat().st_mtime)
+    return next(log for log in reversed(logs) if "Finished jobid" in log.read_text())
 
 
 def breakdown(results: Path, cores: int, log: Path) -> dict[str, float]:

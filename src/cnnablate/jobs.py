@@ -142,7 +142,7 @@ def shift_robustness_job(job: Job) -> None:
     from cnnablate.shift import shift_robustness
 
     run = load_run(Path(job.input.metrics).parent, job.input.data)
-    results = shift_robustness(run.model, run.test, job.params.shifts)
+    results = shift_robustness(run.model, run.test, job.params.shifts, run.autocast)
     Path(job.output[0]).write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -25,6 +25,11 @@ class LoadedRun:
     arrays: ArrayDataset
     metrics: dict[str, Any]
 
+    @property
+    def autocast(self) -> torch.dtype | None:
+        """The autocast dtype the run trained with (None: float32), for analyses that only run forward."""
+        return torch.bfloat16 if self.metrics.get("precision") == "torch.bfloat16" else None
+
 
 def build_for_dataset(spec: Mapping[str, Any], arrays: ArrayDataset, seed: int) -> nn.Module:
     """The variant's model exactly as training initialised it (same seed, same construction order)."""
