@@ -12,14 +12,20 @@ import torch
 
 from cnnablate.config import Study, validate_config
 from cnnablate.data import make_synthetic
-from cnnablate.loader import DeviceDataset, random_crop, random_flip
+from cnnablate.loader import DeviceDataset, random_crop_flip
 from cnnablate.train import TrainJob, lr_multiplier, train
 from conftest import tiny_config
 
 
+def _crop_flip(images: torch.Tensor, padding: int, flip: bool, seed: int) -> torch.Tensor:
+    """random_crop_flip on N x C x H x W images (it works on N x H x W x C pixels)."""
+    pixels = images.permute(0, 2, 3, 1).contiguous()
+    return random_crop_flip(pixels, padding, flip, torch.Generator().manual_seed(seed)).permute(0, 3, 1, 2)
+
+
 def test_random_crop_is_a_shift_with_zero_fill() -> None:
     images = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).reshape(2, 1, 6, 6) + 1
-    cropped = random_crop(images, 2, torch.Generator().manual_seed(0))
+    cropped = _crop_flip(images, 2, False, 0)
     assert cropped.shape == images.shape
     for original, out in zip(images, cropped, strict=True):
         matches = [
@@ -39,7 +45,7 @@ def _window(dy: int, dx: int) -> torch.Tensor:
 
 def test_random_flip_mirrors_about_half() -> None:
     images = torch.arange(1000 * 4, dtype=torch.float32).reshape(1000, 1, 1, 4)
-    flipped = random_flip(images, torch.Generator().manual_seed(0))
+    flipped = _crop_flip(images, 0, True, 0)
     mirrored = (flipped == images.flip(3)).all(dim=(1, 2, 3))
     assert 400 < int(mirrored.sum()) < 600
     assert ((flipped == images).all(dim=(1, 2, 3)) | mirrored).all()
@@ -170,3 +176,21 @@ def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:
     metrics = train(make_job(tmp_path, "bf16", epochs=1, precision="bf16", channels_last="on"))
     assert metrics["precision"] == "torch.bfloat16" and metrics["channels_last"] is True
     assert np.isfinite(metrics["train_loss"])
+
+
+def test_crop_and_flip_together_give_a_mirrored_or_plain_window() -> None:
+    images = torch.arange(2 * 1 * 6 * 6, dtype=torch.uint8).reshape(2, 1, 6, 6) + 1
+    for seed in range(10):
+        out = _crop_flip(images, 2, True, seed)
+        for original, result in zip(images, out, strict=True):
+            candidates = [
+                torch.roll(source, (dy, dx), (1, 2)) * _window(dy, dx)
+                for source in (original, original.flip(2))
+                for dy in range(-2, 3)
+                for dx in range(-2, 3)
+            ]
+            assert any(torch.equal(result, c) for c in candidates) or any(
+                torch.equal(result.flip(2), torch.roll(original, (dy, dx), (1, 2)) * _window(dy, dx))
+                for dy in range(-2, 3)
+                for dx in range(-2, 3)
+            )

@@ -9,27 +9,30 @@ import torch
 import torch.nn.functional as F
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Pad by ``padding`` (zeros) and cut a random same-size window per image, for the whole batch at once."""
-    if padding == 0:
-        return images
-    n, _, h, w = images.shape
-    padded = F.pad(images, (padding, padding, padding, padding)).permute(0, 2, 3, 1)  # n x H x W x c
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), device=images.device, generator=generator)
-    rows = offsets[0, :, None] + torch.arange(h, device=images.device)
-    cols = offsets[1, :, None] + torch.arange(w, device=images.device)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+def random_crop_flip(pixels: torch.Tensor, padding: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding and random horizontal mirroring of N x H x W x C pixels, in two gathers.
 
-
-def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the batch horizontally."""
-    flip = torch.rand(images.shape[0], device=images.device, generator=generator) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+    The column index of the second gather carries both the crop offset and the mirroring, so a flip costs
+    nothing extra; the result stays N x H x W x C, which is channels_last for the model without a copy.
+    """
+    n, h, w, c = pixels.shape
+    device = pixels.device
+    padded = F.pad(pixels, (0, 0, padding, padding, padding, padding)) if padding else pixels
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), device=device, generator=generator)
+    columns = torch.arange(w, device=device).expand(n, w)
+    if flip:
+        mirrored = torch.rand(n, device=device, generator=generator) < 0.5
+        columns = torch.where(mirrored[:, None], columns.flip(1), columns)
+    rows = (offsets[0, :, None] + torch.arange(h, device=device)).view(n, h, 1, 1).expand(n, h, w + 2 * padding, c)
+    columns = (offsets[1, :, None] + columns).view(n, 1, w, 1).expand(n, h, w, c)
+    return padded.gather(1, rows).gather(2, columns)
 
 
 class DeviceDataset:
-    """Images (uint8, N x C x H x W) and labels resident on the compute device, with per-channel statistics."""
+    """Images and labels resident on the compute device, with per-channel statistics.
+
+    Pixels are kept as stored, uint8 N x H x W x C; ``images`` is their N x C x H x W view (channels_last strides).
+    """
 
     def __init__(
         self,
@@ -40,13 +43,16 @@ class DeviceDataset:
         std: torch.Tensor | None = None,
         channels_last: bool = False,
     ) -> None:
-        self.images = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+        self.pixels = torch.from_numpy(np.ascontiguousarray(x)).to(device)
+        self.images = self.pixels.permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(y).to(device)
         if mean is None or std is None:
             pixels = self.images.float().div_(255.0)
             mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-3)
         self.mean = mean.to(device).view(1, -1, 1, 1)
         self.std = std.to(device).view(1, -1, 1, 1)
+        self._shift = self.mean * 255.0  # normalise uint8 pixels in two in-place ops
+        self._scale = 1.0 / (self.std * 255.0)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.device = device
 
@@ -55,7 +61,7 @@ class DeviceDataset:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 -> standardised float32 in the job's memory format."""
-        out = (images.float().div_(255.0) - self.mean) / self.std
+        out = images.float().sub_(self._shift).mul_(self._scale)
         return out.contiguous(memory_format=self.memory_format)
 
     def train_batches(
@@ -65,10 +71,10 @@ class DeviceDataset:
         order = torch.randperm(len(self), device=self.device, generator=generator)
         for start in range(0, len(self) - batch_size + 1, batch_size):
             index = order[start : start + batch_size]
-            images = random_crop(self.images[index], crop_padding, generator)
-            if flip:
-                images = random_flip(images, generator)
-            yield self.normalize(images), self.labels[index]
+            pixels = self.pixels[index]
+            if crop_padding or flip:
+                pixels = random_crop_flip(pixels, crop_padding, flip, generator)
+            yield self.normalize(pixels.permute(0, 3, 1, 2)), self.labels[index]
 
     def eval_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The whole split in order, unaugmented."""
