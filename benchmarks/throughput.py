@@ -118,6 +118,58 @@ print(json.dumps(metrics["overhead_seconds"] | {{"train_seconds": metrics["train
     return parts
 
 
+def device_rates(device: torch.device, dtype: torch.dtype) -> tuple[float, float]:
+    """Measured ceilings: a large matrix product (FLOP/s in ``dtype``) and a large copy (bytes/s, read + write)."""
+    size = 2048 if device.type == "cpu" else 8192
+    a, b = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    source = torch.randn(64 * 2**20 if device.type == "cpu" else 1024 * 2**20 // 4, device=device)
+    target = torch.empty_like(source)
+
+    def best(action, repeats: int = 5) -> float:
+        action()
+        synchronize(device)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            action()
+            synchronize(device)
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    flops = 2 * size**3 / best(lambda: a @ b)
+    bandwidth = 2 * source.numel() * source.element_size() / best(lambda: target.copy_(source))
+    return flops, bandwidth
+
+
+def floor_estimate(
+    model: nn.Module,
+    image_shape: tuple[int, int, int],
+    images: int,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Fewest seconds an epoch can take: training FLOPs (3 x forward) over the measured matmul rate, and the
+    bytes that must move (images once, weights, gradients and momentum once per step) over the copy rate."""
+    from cnnablate.measure import count_macs, count_params
+
+    macs = count_macs(model, image_shape)
+    flops = 3 * 2 * macs * images
+    params = count_params(model)
+    steps = images // batch_size
+    moved = images * int(np.prod(image_shape)) + steps * params * 4 * 6  # w, grad, momentum: read + write
+    rate, bandwidth = device_rates(device, dtype)
+    return {
+        "forward_macs_per_image": macs,
+        "train_flops_per_epoch": flops,
+        "bytes_per_epoch": moved,
+        "matmul_flops_per_second": rate,
+        "copy_bytes_per_second": bandwidth,
+        "compute_floor_ms": flops / rate * 1e3,
+        "memory_floor_ms": moved / bandwidth * 1e3,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
@@ -126,12 +178,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the textbook loop")
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even if CUDA is available")
+    parser.add_argument(
+        "--compile",
+        choices=["off", "default", "reduce-overhead", "max-autotune"],
+        help="override train.compile (reduce-overhead = CUDA graphs); run once per mode to compare",
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--skip-overhead", action="store_true")
     args = parser.parse_args()
 
     config = load_config(args.config)
-    recipe = config["train"]
+    recipe = config["train"] | ({"compile": args.compile} if args.compile else {})
     torch.set_num_threads(recipe["threads"])
     arrays = (
         make_synthetic(args.train_size, 1000, seed=0, contrast=1.0)

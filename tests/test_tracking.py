@@ -53,10 +53,11 @@ def test_sync_logs_analysis_numbers_once(tmp_path) -> None:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "shift.json").write_text(json.dumps({"shift_acc_0px": 0.9, "nested": {"a": 1, "label": "x"}}))
-    first = sync_analyses(setup, [("demo/base/seed0", run_dir)], ["shift"])
+    first = sync_analyses(setup, [("demo/base/seed0", run_dir)], ["shift"], {"base": "pooling,norm"})
     second = sync_analyses(setup, [("demo/base/seed0", run_dir)], ["shift"])
     assert sorted(first["demo/base/seed0"]["logged"]) == ["shift.nested.a", "shift.shift_acc_0px"]
     assert second["demo/base/seed0"]["logged"] == []
     client = MlflowClient(setup["tracking_uri"])
     assert len(client.get_metric_history(run.run_id, "shift.shift_acc_0px")) == 1
     assert job_run_logger(setup, "demo/base/seed0").run_id == run.run_id
+    assert client.get_run(run.run_id).data.tags["ablation"] == "pooling,norm"

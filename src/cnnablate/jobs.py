@@ -91,7 +91,6 @@ def train_job(job: Job) -> None:
             run_dir=Path(job.output.metrics).parent,
             checkpoint=Path(job.params.checkpoint),
             tracking_setup=Path(job.input.tracking),
-            ablations=list(job.params.ablations),
         )
     )
 
@@ -166,7 +165,7 @@ def mlflow_sync_job(job: Job) -> None:
     for metrics_path in job.input.metrics:
         metrics = json.loads(Path(metrics_path).read_text())
         runs.append((f"{metrics['study']}/{metrics['variant']}/seed{metrics['seed']}", Path(metrics_path).parent))
-    synced = sync_analyses(read_setup(job.input.tracking), runs, job.params.analyses)
+    synced = sync_analyses(read_setup(job.input.tracking), runs, job.params.analyses, dict(job.params.ablations))
     Path(job.output[0]).write_text(json.dumps(synced, indent=2) + "\n")
 
 

@@ -413,6 +413,10 @@ def build_report(
                     ),
                     _image_tag(rf_figure(summary, figures_dir / "trf_vs_erf.png"), "ERF against TRF per variant"),
                     _image_tag(
+                        erf_depth_figure(depth, figures_dir / "erf_by_depth.png"),
+                        "ERF/TRF block by block: the ERF fills less of the TRF as depth grows",
+                    ),
+                    _image_tag(
                         erf_grid_figure(results_dir, spatial, seeds[0], figures_dir / "erf_maps.png"),
                         "ERF maps at initialisation and after training",
                     ),

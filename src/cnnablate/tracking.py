@@ -176,8 +176,14 @@ def numeric_items(mapping: Mapping[str, Any], prefix: str) -> dict[str, float]:
     }
 
 
-def sync_analyses(setup: Mapping[str, str], runs: Iterable[tuple[str, Path]], analyses: Iterable[str]) -> dict:
-    """Log every run's analysis results (RUN/<analysis>.json) into its MLflow run, skipping unchanged values.
+def sync_analyses(
+    setup: Mapping[str, str],
+    runs: Iterable[tuple[str, Path]],
+    analyses: Iterable[str],
+    ablation_tags: Mapping[str, str] | None = None,
+) -> dict:
+    """Log every run's analysis results (RUN/<analysis>.json) into its MLflow run, skipping unchanged values,
+    and tag each run with the ablation blocks that name its variant in the current config.
 
     One process for the whole study: analysis jobs stay light, and a rerun logs nothing twice.
     """
@@ -186,6 +192,11 @@ def sync_analyses(setup: Mapping[str, str], runs: Iterable[tuple[str, Path]], an
     synced: dict[str, Any] = {}
     for job_key, run_dir in runs:
         logger = job_run_logger(setup, job_key)
+        variant = job_key.split("/")[1]
+        if ablation_tags and variant in ablation_tags:
+            _retry(
+                lambda logger=logger, variant=variant: client.set_tag(logger.run_id, "ablation", ablation_tags[variant])
+            )
         existing = _retry(lambda logger=logger: client.get_run(logger.run_id)).data.metrics
         logged: list[str] = []
         for analysis in analyses:

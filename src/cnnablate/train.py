@@ -17,7 +17,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,6 @@ class TrainJob:
     run_dir: Path
     checkpoint: Path
     tracking_setup: Path | None = None
-    ablations: list[str] = field(default_factory=list)
     force_cpu: bool = False
 
     @property
@@ -233,7 +232,6 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
         {
             "variant": job.variant,
             "seed": job.seed,
-            "ablation": ",".join(job.ablations),
             "git_commit": git_commit(),
             "study": job.study,
         },
@@ -383,7 +381,6 @@ def train(job: TrainJob) -> dict[str, Any]:
             "study": job.study,
             "variant": job.variant,
             "seed": job.seed,
-            "ablations": job.ablations,
             "spec": job.spec,
             "test_acc": None if diverged else last.get("test_acc"),
             "test_loss": None if diverged else last.get("test_loss"),

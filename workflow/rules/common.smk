@@ -44,8 +44,12 @@ def variant_spec(wildcards):
     return STUDY.variants[wildcards.variant].spec
 
 
-def variant_ablations(wildcards):
-    return list(STUDY.variants[wildcards.variant].ablations)
+def ablation_tags(wildcards=None):
+    """variant -> the ablation blocks naming it (MLflow tags; set by mlflow_sync, so a new block retrains nothing)."""
+    members = {}
+    for ablation, variant in STUDY.ablation_members():
+        members.setdefault(variant, []).append(ablation)
+    return {variant: ",".join(names) for variant, names in members.items()}
 
 
 def analysis_outputs(wildcards=None):

@@ -17,6 +17,7 @@ rule mlflow_sync:
         ENV
     params:
         analyses=lambda w: list(ANALYSES),
+        ablations=ablation_tags,
     script:
         "../scripts/mlflow_sync.py"
 

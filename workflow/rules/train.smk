@@ -41,7 +41,6 @@ rule train:
     params:
         study=STUDY.name,
         spec=variant_spec,
-        ablations=variant_ablations,
         recipe=config["train"],
         # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
         checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
