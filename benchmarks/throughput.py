@@ -267,6 +267,20 @@ def main() -> None:
         )
     ratios = {"a/b": rates["a_project"] / rates["b_ceiling"], "a/c": rates["a_project"] / rates["c_textbook"]}
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    floor = floor_estimate(
+        model,
+        (channels, height, height),
+        images_per_epoch,
+        batch_size,
+        choice.device,
+        choice.autocast_dtype or torch.float32,
+    )
+    print(
+        f"floor: {floor['train_flops_per_epoch'] / 1e9:.1f} GFLOP/epoch at "
+        f"{floor['matmul_flops_per_second'] / 1e9:.0f} GFLOP/s = {floor['compute_floor_ms']:.1f} ms; "
+        f"{floor['bytes_per_epoch'] / 1e6:.1f} MB/epoch at {floor['copy_bytes_per_second'] / 1e9:.1f} GB/s = "
+        f"{floor['memory_floor_ms']:.2f} ms; measured {statistics.median(times['a_project']) * 1e3:.1f} ms/epoch"
+    )
     result = {
         "variant": args.variant,
         "device": choice.description,
@@ -274,6 +288,7 @@ def main() -> None:
         "seconds": times,
         "images_per_second": rates,
         "ratios": ratios,
+        "floor": floor,
     }
     if not args.skip_overhead:
         overhead = job_overhead(args.config, args.variant)
