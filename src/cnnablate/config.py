@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -149,7 +149,6 @@ class Variant:
     id: str
     spec: dict[str, Any]
     ablations: tuple[str, ...]
-    axes: tuple[str, ...] = field(default=())
 
 
 @dataclass
@@ -169,7 +168,7 @@ class Study:
                 vid = variant_id(spec, base)
                 previous = found.get(vid)
                 names = (*previous.ablations, block_name) if previous else (block_name,)
-                found[vid] = Variant(vid, spec, names, tuple(block))
+                found[vid] = Variant(vid, spec, names)
         return cls(config["study"], config, found)
 
     def ablation_members(self) -> Iterator[tuple[str, str]]:
