@@ -20,6 +20,7 @@ BAD_CONFIGS = [
     ({"ablations": {"pooling": {"pool": ["max", "median"]}}}, "ablations.pooling.pool.1"),
     ({"ablations": {"kernels": {"kernel_size": [3, 6]}}}, "ablations.kernels.kernel_size.1"),
     ({"ablations": {"typo": {"pooling": ["max"]}}}, "ablations.typo"),
+    ({"ablations": {"kernels": {"kernel_size": [5, 5]}}}, "ablations.kernels.kernel_size"),
     ({"seeds": [0, "one"]}, "seeds.1"),
     ({"seeds": []}, "seeds"),
     ({"train": {"epochs": 0}}, "train.epochs"),

@@ -89,6 +89,15 @@ def test_npz_roundtrip_and_validation(tmp_path) -> None:
     _write_npz(tmp_path / "labels.npz", x_train=x, y_train=y[:5], x_test=x, y_test=y)
     with pytest.raises(DataError, match="y_train must be integer labels of length 20"):
         read_npz(tmp_path / "labels.npz")
+    _write_npz(
+        tmp_path / "wide.npz",
+        x_train=np.zeros((20, 8, 12, 1), np.uint8),
+        y_train=y,
+        x_test=np.zeros((10, 8, 12, 1), np.uint8),
+        y_test=y[:10],
+    )
+    with pytest.raises(DataError, match="must be square"):
+        read_npz(tmp_path / "wide.npz")
     with pytest.raises(DataError, match="does not exist"):
         read_npz(tmp_path / "nothing.npz")
 

@@ -31,7 +31,7 @@ def read_run_jsons(paths: Iterable[str | Path]) -> pd.DataFrame:
 def shift_robustness_outputs(paths: Iterable[str | Path], figure: str | Path, table: str | Path) -> pd.DataFrame:
     """Accuracy and consistency against shift per variant (mean over seeds): a figure and a CSV table."""
     runs = read_run_jsons(paths)
-    long = runs.melt(id_vars=["variant", "seed"], var_name="metric", value_name="value")
+    long = runs.melt(id_vars=["variant", "seed"], var_name="metric", value_name="value").dropna(subset=["value"])
     long["shift (px)"] = long["metric"].str.extract(r"_(\d+)px$")[0].astype(int)
     long["measure"] = long["metric"].str.extract(r"^shift_(acc|consistency)_")[0]
     long["value"] *= 100

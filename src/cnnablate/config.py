@@ -41,6 +41,7 @@ def load_schema() -> dict[str, Any]:
             axis: {
                 "type": "array",
                 "minItems": 1,
+                "uniqueItems": True,
                 "items": {key: value for key, value in axis_schema.items() if key != "default"},
                 "description": f"Values of `{axis}`: {axis_schema.get('description', '')}",
             }

@@ -130,6 +130,8 @@ def read_npz(path: str | Path) -> ArrayDataset:
             raise DataError(f"{path}: y_{split} must be integer labels of length {len(x)}, got {y.dtype} {y.shape}")
         if y.min() < 0:
             raise DataError(f"{path}: y_{split} has negative labels")
+    if arrays["x_train"].shape[1] != arrays["x_train"].shape[2]:
+        raise DataError(f"{path}: images must be square (H == W), got {arrays['x_train'].shape[1:3]}")
     if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
         raise DataError(f"{path}: x_train and x_test image shapes differ")
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1

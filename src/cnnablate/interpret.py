@@ -18,6 +18,12 @@ from cnnablate.models import stage_outputs
 from cnnablate.runs import LoadedRun
 
 
+def displayable(image: torch.Tensor) -> np.ndarray:
+    """A C x H x W uint8 image as something imshow takes: RGB from the first three channels, else grey."""
+    pixels = image.permute(1, 2, 0).cpu().numpy()
+    return pixels[..., :3] if pixels.shape[2] >= 3 else pixels[..., 0]
+
+
 def pick_examples(labels: torch.Tensor, count: int) -> list[int]:
     """The first test image of each of ``count`` different classes."""
     chosen: dict[int, int] = {}
@@ -29,7 +35,7 @@ def pick_examples(labels: torch.Tensor, count: int) -> list[int]:
 
 
 def _show_image(ax: plt.Axes, image: np.ndarray, title: str) -> None:
-    ax.imshow(image)
+    ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
     ax.set_title(title, fontsize=8)
     ax.set_axis_off()
 
@@ -72,7 +78,7 @@ def feature_maps_figure(run: LoadedRun, image_index: int, title: str, path: Path
     fig, axes = plt.subplots(
         len(stages), channels + 1, figsize=((channels + 1) * 1.1, len(stages) * 1.2 + 0.6), squeeze=False
     )
-    picture = run.test.images[image_index].permute(1, 2, 0).cpu().numpy()
+    picture = displayable(run.test.images[image_index])
     for row, (name, _) in enumerate(stages):
         maps = captured[name][0].float().cpu().numpy()
         _show_image(axes[row, 0], picture, "input" if row == 0 else "")
@@ -106,7 +112,7 @@ def attributions_figure(run: LoadedRun, indices: list[int], title: str, path: Pa
     fig, axes = plt.subplots(rows, len(indices), figsize=(len(indices) * 1.8, rows * 1.9 + 0.5), squeeze=False)
     classes = run.arrays.classes
     for column, index in enumerate(indices):
-        picture = run.test.images[index].permute(1, 2, 0).cpu().numpy()
+        picture = displayable(run.test.images[index])
         label = f"{classes[targets[column]]}\n(pred. {classes[predicted[column]]})"
         _show_image(axes[0, column], picture, label)
         axes[1, column].imshow(saliency[column].detach().cpu().numpy(), cmap="hot")

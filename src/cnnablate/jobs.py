@@ -141,7 +141,10 @@ def shift_robustness_job(job: Job) -> None:
     from cnnablate.shift import shift_robustness
 
     run = load_run(Path(job.input.metrics).parent, job.input.data)
-    results = shift_robustness(run.model, run.test, job.params.shifts, run.autocast)
+    if run.metrics.get("diverged"):  # NaN logits would score as a constant predictor: record nothing instead
+        results = {f"shift_{kind}_{s}px": None for s in job.params.shifts for kind in ("acc", "consistency")}
+    else:
+        results = shift_robustness(run.model, run.test, job.params.shifts, run.autocast)
     Path(job.output[0]).write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from cnnablate.jobs import SERVER_ENV, Job, execute
 
+PREFIX_ENV = "CNNABLATE_JOB_SERVER_PREFIX"  # the server's Python environment; other environments run jobs themselves
 PRELOAD = (
     "torch",
     "torch._dynamo",
@@ -47,8 +48,8 @@ PRELOAD = (
 
 def submit(path: str, job: Job) -> bool:
     """Run ``job`` in the server and wait; False if no server answers (the caller then runs it itself)."""
-    if os.environ.get("SLURM_JOB_ID"):
-        return False
+    if os.environ.get("SLURM_JOB_ID") or os.environ.get(PREFIX_ENV) != sys.prefix:
+        return False  # inside a SLURM allocation, or a rule's own (conda) environment: run here
     client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         client.connect(path)
@@ -99,6 +100,9 @@ def _run_child(connection: socket.socket) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     threading.Thread(target=_exit_when_client_leaves, args=(connection,), daemon=True).start()
+    import cnnablate.train
+
+    cnnablate.train.IMPORTED_AT = time.time()  # the child starts with everything imported
     code = 0
     try:
         execute(Job.from_json(request["job"]))
@@ -123,8 +127,8 @@ def serve(path: str, parent_pid: int) -> None:
     Path(path).unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path + ".tmp")
-    os.replace(path + ".tmp", path)  # the socket appears only once the server is ready
     server.listen(128)
+    os.replace(path + ".tmp", path)  # the socket appears only once the server is ready
     server.settimeout(1.0)
     while os.getppid() == parent_pid:
         try:
@@ -160,6 +164,7 @@ class JobServer:
                 return
             time.sleep(0.1)
         os.environ[SERVER_ENV] = self.path
+        os.environ[PREFIX_ENV] = sys.prefix
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -168,6 +173,7 @@ class JobServer:
         if self.path:
             Path(self.path).unlink(missing_ok=True)
             os.environ.pop(SERVER_ENV, None)
+            os.environ.pop(PREFIX_ENV, None)
 
 
 if __name__ == "__main__":

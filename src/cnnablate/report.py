@@ -238,7 +238,7 @@ def learning_curves_figure(results_dir: Path, ablation: str, members: list[str],
 
 def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
     """What locality and weight sharing buy: accuracy and parameters of fc, local and conv."""
-    data = summary[summary["variant"].isin(["base", *[v for v in summary["variant"] if v.startswith("arch-")]])]
+    data = summary[summary["variant"].isin(["base", "arch-fc", "arch-local", "arch-conv"])]  # arch alone differs
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     order = [a for a in ("fc", "local", "conv") if a in set(data["arch"])]
     data = data.set_index("arch").loc[order].reset_index()

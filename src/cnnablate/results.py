@@ -81,6 +81,9 @@ def _cell(value: Any) -> Any:
     return "x".join(map(str, value)) if isinstance(value, list) else value
 
 
+TEXT_COLUMNS = ("study", "variant", "ablations")
+
+
 def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval; the interval is NaN with fewer than two values."""
     data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
@@ -133,12 +136,11 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
                 "diff_vs_base": diff,
                 "diff_ci_low": diff_low,
                 "diff_ci_high": diff_high,
+                # every measured column, also one that is empty for all runs (an fc-only study has no ERF)
                 **{
-                    f"{column}_mean": group[column].astype(float).mean()
+                    f"{column}_mean": pd.to_numeric(group[column], errors="coerce").mean()
                     for column in group.columns
-                    if column not in {"seed", "test_acc", *model_axes()}
-                    and pd.api.types.is_numeric_dtype(group[column])
-                    and column != "diverged"
+                    if column not in {*TEXT_COLUMNS, "seed", "test_acc", "diverged", *model_axes()}
                 },
             }
         )

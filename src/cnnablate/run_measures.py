@@ -36,18 +36,19 @@ def _rf_summary(
 
 
 def erf_by_depth(
-    trained: torch.nn.Module,
+    trained: torch.nn.Module | None,
     initial: torch.nn.Module,
     input_size: tuple[int, int, int],
     images: torch.Tensor,
     erf_canvas: int | None,
 ) -> list[dict[str, Any]]:
-    """TRF and ERF after every block (depth 1, 2, ...), trained and at initialisation: how both grow."""
+    """TRF and ERF after every block (depth 1, 2, ...), trained (unless None) and at initialisation."""
     rows = []
-    for depth, layer in enumerate(block_outputs(trained), start=1):
-        trf = theoretical_rf(trained, input_size, layer=layer)
+    for depth, layer in enumerate(block_outputs(initial), start=1):
+        trf = theoretical_rf(initial, input_size, layer=layer)
         row: dict[str, Any] = {"depth": depth, "layer": layer, "trf_size": trf.size[0]}
-        for stage, model, inputs in (("trained", trained, images), ("init", initial, None)):
+        stages = [("trained", trained, images), ("init", initial, None)] if trained else [("init", initial, None)]
+        for stage, model, inputs in stages:
             erf = effective_rf(model, images=inputs, input_size=input_size, layer=layer, canvas=erf_canvas)
             row[f"erf_std_{stage}"] = erf.std_mean
             row[f"erf_trf_ratio_{stage}"] = erf.erf_trf_ratio
@@ -72,17 +73,25 @@ def measure_run(
         "macs": count_macs(trained.model, input_size),
     }
     result["flops"] = 2 * result["macs"]
+    # A diverged run's weights are NaN: its trained ERF and filters are undefined, its geometry is not.
+    usable = not trained.metrics.get("diverged")
     at_init, map_init = _rf_summary(initial.model, input_size, None, erf_canvas)
-    after, map_trained = _rf_summary(trained.model, input_size, images, erf_canvas)
+    after, map_trained = (
+        _rf_summary(trained.model, input_size, images, erf_canvas)
+        if usable
+        else ({"trf": at_init["trf"], "erf": None}, None)
+    )
     result["trf"] = after["trf"]
-    result["erf_by_depth"] = erf_by_depth(trained.model, initial.model, input_size, images, erf_canvas)
+    result["erf_by_depth"] = erf_by_depth(
+        trained.model if usable else None, initial.model, input_size, images, erf_canvas
+    )
     result["erf_init"] = at_init["erf"]
     result["erf"] = after["erf"]
     if after["erf"] and at_init["erf"]:
         result["erf_growth"] = after["erf"]["std_mean"] / at_init["erf"]["std_mean"]
     weights_init, weights_trained = first_conv_weight(initial.model), first_conv_weight(trained.model)
     result["edge_match_init"] = edge_match_score(weights_init) if weights_init is not None else None
-    result["edge_match_trained"] = edge_match_score(weights_trained) if weights_trained is not None else None
+    result["edge_match_trained"] = edge_match_score(weights_trained) if weights_trained is not None and usable else None
     empty = np.zeros((1, 1))
     np.save(outputs["erf_init"], map_init if map_init is not None else empty)
     np.save(outputs["erf_trained"], map_trained if map_trained is not None else empty)

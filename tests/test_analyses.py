@@ -1,0 +1,98 @@
+"""Per-run analyses on edge cases: a diverged run, a single-channel dataset, an fc-only summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cnnablate.data import ArrayDataset, make_synthetic
+from cnnablate.interpret import interpret_run
+from cnnablate.jobs import Job, shift_robustness_job
+from cnnablate.results import summarize
+from cnnablate.run_measures import measure_run
+from cnnablate.runs import load_run
+from cnnablate.train import train
+from test_train import make_job
+
+
+def _outputs(directory: Path) -> dict[str, str]:
+    return {
+        "measures": str(directory / "measures.json"),
+        "erf_init": str(directory / "erf_init.npy"),
+        "erf_trained": str(directory / "erf_trained.npy"),
+        "figure": str(directory / "measures_erf.png"),
+    }
+
+
+def _diverge(run_dir: Path) -> None:
+    """Turn a finished run into what a diverged run leaves behind: NaN weights, diverged metrics."""
+    state = torch.load(run_dir / "model.pt", weights_only=True)
+    torch.save(
+        {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()},
+        run_dir / "model.pt",
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (run_dir / "metrics.json").write_text(json.dumps({**metrics, "diverged": True, "test_acc": None}))
+
+
+def test_a_diverged_run_is_measured_without_inventing_numbers(tmp_path) -> None:
+    job = make_job(tmp_path, "nan", epochs=1)
+    train(job)
+    _diverge(job.run_dir)
+    result = measure_run(job.run_dir, job.dataset, _outputs(job.run_dir), erf_images=4, erf_canvas=None)
+    assert result["trf"]["size"] and result["erf_init"] is not None
+    assert result["erf"] is None and result["edge_match_trained"] is None
+    assert all("erf_std_trained" not in row for row in result["erf_by_depth"])
+    fields = {name: {"items": [], "names": {}} for name in Job.FIELDS}
+    fields["input"]["names"] = {"metrics": str(job.run_dir / "metrics.json"), "data": str(job.dataset)}
+    fields["output"]["items"] = [str(tmp_path / "shift.json")]
+    fields["params"]["names"] = {"shifts": [0, 2]}
+    shift_robustness_job(Job("shift_robustness", fields, 1))
+    assert set(json.loads((tmp_path / "shift.json").read_text()).values()) == {None}
+
+
+def test_single_channel_images_are_interpreted(tmp_path) -> None:
+    colour = make_synthetic(128, 64, contrast=1.0, seed=0)
+    grey = ArrayDataset(
+        colour.x_train[..., :1].copy(), colour.y_train, colour.x_test[..., :1].copy(), colour.y_test, colour.classes
+    )
+    job = make_job(tmp_path, "grey", epochs=1)
+    grey.save(job.dataset)
+    train(job)
+    written = interpret_run(load_run(job.run_dir, job.dataset), tmp_path / "interpret")
+    assert {"filters.png", "feature_maps.png", "attributions.png"} == set(written)
+
+
+def test_summary_keeps_columns_that_are_empty_for_every_run() -> None:
+    results = pd.DataFrame(
+        {
+            "study": "s",
+            "variant": ["base", "base"],
+            "ablations": "base",
+            "seed": [0, 1],
+            "test_acc": [0.5, 0.6],
+            "diverged": [False, False],
+            "params": [10, 10],
+            "erf_trf_ratio_trained": [None, None],
+        }
+    )
+    for axis in (
+        "arch",
+        "widths",
+        "width",
+        "blocks_per_stage",
+        "kernel_size",
+        "dilation",
+        "pool",
+        "norm",
+        "norm_groups",
+        "activation",
+        "fc_hidden",
+    ):
+        results[axis] = "x"
+    summary = summarize(results)
+    assert np.isnan(summary.loc[0, "erf_trf_ratio_trained_mean"]) and summary.loc[0, "params_mean"] == 10
