@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cnnablate.config import model_axes
 from cnnablate.data import ArrayDataset, make_synthetic
 from cnnablate.interpret import interpret_run
 from cnnablate.jobs import Job, shift_robustness_job
@@ -80,19 +81,7 @@ def test_summary_keeps_columns_that_are_empty_for_every_run() -> None:
             "erf_trf_ratio_trained": [None, None],
         }
     )
-    for axis in (
-        "arch",
-        "widths",
-        "width",
-        "blocks_per_stage",
-        "kernel_size",
-        "dilation",
-        "pool",
-        "norm",
-        "norm_groups",
-        "activation",
-        "fc_hidden",
-    ):
+    for axis in model_axes():
         results[axis] = "x"
     summary = summarize(results)
     assert np.isnan(summary.loc[0, "erf_trf_ratio_trained_mean"]) and summary.loc[0, "params_mean"] == 10
