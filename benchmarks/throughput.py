@@ -31,7 +31,7 @@ from cnnablate.config import Study, load_config
 from cnnablate.data import make_synthetic, prepare_dataset
 from cnnablate.devices import choose_device
 from cnnablate.loader import DeviceDataset
-from cnnablate.models import build_model
+from cnnablate.runs import build_for_dataset
 from cnnablate.train import epoch_generator, lr_multiplier, make_optimizer, make_step, run_epoch
 
 
@@ -201,9 +201,8 @@ def main() -> None:
     batch_size = min(recipe["batch_size"], len(data))
     images_per_epoch = data.steps_per_epoch(batch_size) * batch_size
 
-    torch.manual_seed(0)
     _, height, _, channels = arrays.x_train.shape
-    model = build_model(spec, arrays.num_classes, channels, height).to(choice.device)
+    model = build_for_dataset(spec, arrays, seed=0).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     optimizer = make_optimizer(model, recipe, choice.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, 10**9, 0, "constant"))

@@ -172,6 +172,10 @@ class Study:
                 found[vid] = Variant(vid, spec, names)
         return cls(config["study"], config, found)
 
+    def ablation_variants(self, ablation: str) -> list[str]:
+        """The variant ids one ablation compares, base first."""
+        return [variant for block, variant in self.ablation_members() if block == ablation]
+
     def ablation_members(self) -> Iterator[tuple[str, str]]:
         """(ablation, variant id) pairs, base included in every ablation as its reference."""
         for block_name, block in self.config.get("ablations", {}).items():

@@ -92,6 +92,11 @@ def resolve_precision(precision: str, device_type: str) -> torch.dtype | None:
     raise ValueError(f"train.precision: unknown value {precision!r}; allowed values: auto, fp32, bf16")
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` on the device's type, or a disabled context for float32 (``dtype`` None)."""
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
 def resolve_channels_last(setting: str, device_type: str) -> bool:
     """channels_last helps cuDNN's tensor-core kernels; on CPU it is opt-in."""
     if setting not in ("auto", "on", "off"):

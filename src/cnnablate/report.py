@@ -271,7 +271,7 @@ def findings(summary: pd.DataFrame, study: Study) -> dict[str, list[str]]:
     base_acc = stats.loc["base", "test_acc_mean"] * 100
     text: dict[str, list[str]] = {}
     for ablation, block in study.config.get("ablations", {}).items():
-        members = [v for a, v in study.ablation_members() if a == ablation]
+        members = study.ablation_variants(ablation)
         lines = []
         for variant in members:
             if variant == "base":
@@ -393,7 +393,7 @@ def build_report(
     )
     ablation_html = []
     for ablation in study.config.get("ablations", {}):
-        members = [v for a, v in study.ablation_members() if a == ablation]
+        members = study.ablation_variants(ablation)
         accuracy = accuracy_figure(results, summary, ablation, members, figures_dir / f"accuracy_{ablation}.png")
         curves = learning_curves_figure(results_dir, ablation, members, seeds, figures_dir / f"curves_{ablation}.png")
         ablation_html.append(

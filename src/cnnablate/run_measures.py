@@ -14,7 +14,7 @@ import torch
 from cnnablate.filters import edge_match_score, first_conv_weight
 from cnnablate.measure import count_macs, count_params, effective_rf, theoretical_rf
 from cnnablate.models import block_outputs
-from cnnablate.runs import load_run
+from cnnablate.runs import build_for_dataset, load_run
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def measure_run(
     erf_canvas: int | None,
 ) -> dict[str, Any]:
     """Write measures.json, the ERF maps (init, trained) and their figure for one finished run."""
-    trained = load_run(run_dir, dataset, trained=True)
-    initial = load_run(run_dir, dataset, trained=False)
+    trained = load_run(run_dir, dataset)
+    initial_model = build_for_dataset(trained.metrics["spec"], trained.arrays, trained.metrics["seed"]).eval()
     input_size = tuple(trained.test.images.shape[1:])
     images = trained.test.normalize(trained.test.images[:erf_images])
     result: dict[str, Any] = {
@@ -75,7 +75,7 @@ def measure_run(
     result["flops"] = 2 * result["macs"]
     # A diverged run's weights are NaN: its trained ERF and filters are undefined, its geometry is not.
     usable = not trained.metrics.get("diverged")
-    at_init, map_init = _rf_summary(initial.model, input_size, None, erf_canvas)
+    at_init, map_init = _rf_summary(initial_model, input_size, None, erf_canvas)
     after, map_trained = (
         _rf_summary(trained.model, input_size, images, erf_canvas)
         if usable
@@ -83,13 +83,13 @@ def measure_run(
     )
     result["trf"] = after["trf"]
     result["erf_by_depth"] = erf_by_depth(
-        trained.model if usable else None, initial.model, input_size, images, erf_canvas
+        trained.model if usable else None, initial_model, input_size, images, erf_canvas
     )
     result["erf_init"] = at_init["erf"]
     result["erf"] = after["erf"]
     if after["erf"] and at_init["erf"]:
         result["erf_growth"] = after["erf"]["std_mean"] / at_init["erf"]["std_mean"]
-    weights_init, weights_trained = first_conv_weight(initial.model), first_conv_weight(trained.model)
+    weights_init, weights_trained = first_conv_weight(initial_model), first_conv_weight(trained.model)
     result["edge_match_init"] = edge_match_score(weights_init) if weights_init is not None else None
     result["edge_match_trained"] = edge_match_score(weights_trained) if weights_trained is not None and usable else None
     empty = np.zeros((1, 1))

@@ -38,16 +38,13 @@ def build_for_dataset(spec: Mapping[str, Any], arrays: ArrayDataset, seed: int) 
     return build_model(spec, arrays.num_classes, channels, height)
 
 
-def load_run(
-    run_dir: str | Path, dataset: str | Path, trained: bool = True, device: torch.device | str = "cpu"
-) -> LoadedRun:
-    """Rebuild a run's model from metrics.json (spec, seed) and, if ``trained``, load model.pt safely."""
+def load_run(run_dir: str | Path, dataset: str | Path, device: torch.device | str = "cpu") -> LoadedRun:
+    """Rebuild a trained run's model from metrics.json (spec, seed) and load model.pt safely."""
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     arrays = load_prepared(dataset)
     model = build_for_dataset(metrics["spec"], arrays, metrics["seed"])
-    if trained:
-        model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     model = model.to(device).eval()
     train = DeviceDataset(arrays.x_train, arrays.y_train, torch.device(device))
     test = DeviceDataset(arrays.x_test, arrays.y_test, torch.device(device), train.mean, train.std)

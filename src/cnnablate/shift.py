@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from cnnablate.devices import autocast as autocast_context
 from cnnablate.loader import DeviceDataset
 
 DIRECTIONS = ((0, 1), (1, 0))  # right and down: two forward passes per shift keep the analysis cheap
@@ -33,7 +34,7 @@ def predict(
     model: nn.Module, data: DeviceDataset, images: torch.Tensor, autocast: torch.dtype | None, batch_size: int = 500
 ) -> torch.Tensor:
     """Predicted classes, in the precision the run was trained in."""
-    with torch.autocast(data.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+    with autocast_context(data.device, autocast):
         return torch.cat(
             [model(data.normalize(images[i : i + batch_size])).argmax(1) for i in range(0, len(images), batch_size)]
         )

@@ -28,9 +28,9 @@ from torch import nn
 from cnnablate import __version__
 from cnnablate.config import flatten
 from cnnablate.data import load_prepared
-from cnnablate.devices import DeviceChoice, choose_device
+from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
-from cnnablate.models import build_model
+from cnnablate.runs import build_for_dataset
 
 log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
@@ -119,11 +119,7 @@ def make_step(
     forward = model if compile_mode == "off" else torch.compile(model, mode=compile_mode)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(
-            choice.device.type,
-            dtype=choice.autocast_dtype or torch.bfloat16,
-            enabled=choice.autocast_dtype is not None,
-        ):
+        with autocast(choice.device, choice.autocast_dtype):
             logits = forward(images)
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -166,11 +162,7 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
     loss_sum = torch.zeros((), device=choice.device)
     correct = torch.zeros((), device=choice.device, dtype=torch.long)
     for images, labels in data.eval_batches(batch_size):
-        with torch.autocast(
-            choice.device.type,
-            dtype=choice.autocast_dtype or torch.bfloat16,
-            enabled=choice.autocast_dtype is not None,
-        ):
+        with autocast(choice.device, choice.autocast_dtype):
             logits = model(images).float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
@@ -264,9 +256,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     timings["data"] = time.time() - clock
     clock = time.time()
 
-    torch.manual_seed(job.seed)
-    _, height, _, channels = arrays.x_train.shape
-    model = build_model(job.spec, arrays.num_classes, channels, height).to(choice.device)
+    model = build_for_dataset(job.spec, arrays, job.seed).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     params_count = sum(p.numel() for p in model.parameters())
     batch_size = min(recipe["batch_size"], len(train_data))
