@@ -1,8 +1,7 @@
-"""The training loop: augmentation ops, schedule, determinism, resume, divergence."""
+"""The training loop: augmentation ops, schedule, early stopping, determinism, resume, divergence."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
@@ -11,9 +10,9 @@ import pytest
 import torch
 
 from cnnablate.config import Study, validate_config
-from cnnablate.data import make_synthetic
+from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.loader import DeviceDataset, random_crop_flip
-from cnnablate.train import TrainJob, lr_multiplier, train
+from cnnablate.train import Plateau, Schedule, TrainJob, above_chance, cooldown_epochs, train
 from conftest import tiny_config
 
 
@@ -60,22 +59,48 @@ def test_train_batches_drop_the_last_partial_batch_and_normalise() -> None:
     assert abs(float(everything.mean())) < 1e-3 and abs(float(everything.std()) - 1) < 0.05
 
 
-def test_lr_schedule_warms_up_then_decays() -> None:
-    values = [lr_multiplier(step, 100, 10, "linear") for step in range(100)]
-    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
-    assert values[10] == pytest.approx(1.0) and values[-1] == pytest.approx(1 / 90)
-    assert all(a >= b for a, b in itertools.pairwise(values[9:]))
-    assert lr_multiplier(55, 100, 10, "cosine") == pytest.approx(0.5)
-    assert lr_multiplier(80, 100, 10, "constant") == 1.0
+def test_schedule_warms_up_holds_then_decays_to_zero_from_where_it_was_told() -> None:
+    schedule = Schedule(warmup_steps=10)
+    assert schedule.multiplier(0) == pytest.approx(0.1) and schedule.multiplier(9) == pytest.approx(1.0)
+    assert schedule.multiplier(500) == 1.0 and not schedule.finished(10_000)
+    schedule.start_decay(100, 20)
+    assert schedule.multiplier(99) == 1.0 and schedule.multiplier(100) == 1.0
+    assert schedule.multiplier(110) == pytest.approx(0.5) and schedule.multiplier(120) == 0.0
+    assert not schedule.finished(119) and schedule.finished(120)
 
 
-def make_job(tmp_path: Path, name: str, variant: str = "base", **recipe) -> TrainJob:
+def test_plateau_counts_epochs_without_a_real_improvement() -> None:
+    plateau = Plateau(min_delta=0.01)
+    for value in (0.5, 0.6, 0.605, 0.6, 0.62):
+        plateau.update(value)
+    assert plateau.best == 0.62 and plateau.since == 0
+    plateau.update(0.625)
+    assert plateau.since == 1 and plateau.best == 0.625
+
+
+def test_cooldown_is_a_fraction_of_the_run_within_the_cap() -> None:
+    assert cooldown_epochs(10, 100, 0.2) == 2
+    assert cooldown_epochs(11, 100, 0.2) == 3  # rounded up to whole epochs
+    assert cooldown_epochs(95, 100, 0.2) == 5  # never past the cap
+    assert cooldown_epochs(10, 100, 0.0) == 0
+
+
+def test_above_chance_is_a_one_sided_binomial_test() -> None:
+    # 10 classes, 200 images: P(X >= 31 | p = 0.1) < 0.01 < P(X >= 30 | p = 0.1)
+    assert above_chance(31, 200, 0.1) and not above_chance(20, 200, 0.1)
+    from scipy.stats import binom
+
+    threshold = next(k for k in range(201) if binom.sf(k - 1, 200, 0.1) < 0.01)
+    assert above_chance(threshold, 200, 0.1) and not above_chance(threshold - 1, 200, 0.1)
+
+
+def make_job(tmp_path: Path, name: str, variant: str = "base", lr: float | None = None, **recipe) -> TrainJob:
     config = validate_config(
         tiny_config(train={**tiny_config()["train"], **recipe}, ablations={"fc": {"arch": ["fc"]}})
     )
     dataset_path = tmp_path / "data.npz"
     if not dataset_path.exists():
-        make_synthetic(192, 64, contrast=0.6, seed=0).save(dataset_path)
+        split_validation(make_synthetic(256, 64, contrast=0.6, seed=0), 64, seed=0).save(dataset_path)
     spec = Study.from_config(config).variants[variant].spec
     return TrainJob(
         "tiny",
@@ -86,13 +111,14 @@ def make_job(tmp_path: Path, name: str, variant: str = "base", **recipe) -> Trai
         dataset_path,
         tmp_path / name / "run",
         tmp_path / name / "checkpoint.pt",
+        lr=lr,
     )
 
 
 def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
-    first = train(make_job(tmp_path, "a", epochs=2))
-    second = train(make_job(tmp_path, "b", epochs=2))
-    for key in ("test_acc", "test_loss", "train_loss", "params"):
+    first = train(make_job(tmp_path, "a", max_steps=6))
+    second = train(make_job(tmp_path, "b", max_steps=6))
+    for key in ("test_acc", "test_loss", "val_acc", "train_loss", "params"):
         assert first[key] == second[key]
     run = tmp_path / "a" / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -102,6 +128,12 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
         "test_acc",
         "params",
         "epochs_completed",
+        "steps",
+        "lr",
+        "trained",
+        "val_acc",
+        "validation_images",
+        "stop_reason",
         "diverged",
         "train_seconds",
         "images_per_second",
@@ -109,28 +141,69 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
         "versions",
         "git_commit",
     } <= set(metrics)
-    assert metrics["epochs_completed"] == 2 and metrics["diverged"] is False and 0 <= metrics["test_acc"] <= 1
-    assert (run / "history.csv").read_text().count("\n") == 3
+    assert metrics["epochs_completed"] == 2 and metrics["steps"] == 6 and metrics["stop_reason"] == "cap"
+    assert metrics["diverged"] is False and 0 <= metrics["test_acc"] <= 1
+    assert metrics["validation_images"] == 64 and metrics["train_images"] == 192
+    assert metrics["lr"] == 0.05 and metrics["lr_source"] == "shared"
+    history = (run / "history.csv").read_text().splitlines()
+    assert len(history) == 3 and "val_acc" in history[0] and "test" not in history[0]
     state = torch.load(run / "model.pt", weights_only=True)
     assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
 
+def test_early_stopping_starts_the_cooldown_after_patience_epochs_without_improvement(tmp_path) -> None:
+    # lr 1e-6 never improves validation accuracy: patience 2 ends the stable phase after epoch 3 (the first
+    # epoch sets the best), then the cool-down lasts ceil(0.5 * 3) = 2 epochs: 5 epochs, far below the cap.
+    metrics = train(make_job(tmp_path, "flat", lr=1e-6, max_steps=300, patience=2, cooldown=0.5, min_delta=0.5))
+    assert metrics["stop_reason"] == "plateau" and metrics["epochs_completed"] == 5 and metrics["steps"] == 15
+    lrs = [
+        float(line.split(",")[6]) for line in (tmp_path / "flat" / "run" / "history.csv").read_text().splitlines()[1:]
+    ]
+    assert lrs[2] == pytest.approx(1e-6) and lrs[-1] < lrs[3] < lrs[2]
+
+
+def _brightness_classes(path: Path) -> None:
+    """A dataset any network learns in a few steps: the class is the image's brightness."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(320) % 10
+    images = (labels[:, None, None, None] * 25 + rng.integers(0, 5, (320, 8, 8, 3))).astype(np.uint8)
+    split_validation(
+        ArrayDataset(images[:256], labels[:256], images[256:], labels[256:], [str(i) for i in range(10)]), 64, 0
+    ).save(path)
+
+
+def test_a_run_that_does_not_learn_is_marked_not_trained(tmp_path) -> None:
+    _brightness_classes(tmp_path / "data.npz")
+    still = train(make_job(tmp_path, "still", lr=1e-9, max_steps=6, label_smoothing=0.0))
+    assert still["trained"] is False and still["chance"] == 0.1
+    learned = train(make_job(tmp_path, "learns", variant="arch-fc", lr=0.05, max_steps=60, patience=20))
+    assert learned["trained"] is True and learned["val_acc"] > 0.2
+
+
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, caplog) -> None:
-    full = train(make_job(tmp_path, "full", epochs=3))
-    job = make_job(tmp_path, "resumed", epochs=3)
-    _train_epochs_then_stop(job, 1)
+    recipe = {"max_steps": 300, "patience": 1, "cooldown": 0.5, "min_delta": 0.2}
+    full = train(make_job(tmp_path, "full", **recipe))
+    job = make_job(tmp_path, "resumed", **recipe)
+    _train_epochs_then_stop(job, 2)  # after the plateau decision: the schedule's decay state is resumed too
     caplog.set_level("INFO")
     resumed = train(job)
-    assert "resumed from checkpoint" in caplog.text and resumed["resumed_from_epoch"] == 1
-    for key in ("test_acc", "test_loss", "train_loss"):
+    assert "resumed from checkpoint" in caplog.text and resumed["resumed_from_epoch"] == 2
+    assert full["stop_reason"] == "plateau" and full["epochs_completed"] > 2
+    for key in ("test_acc", "test_loss", "val_acc", "train_loss", "steps", "stop_reason", "epochs_completed"):
         assert resumed[key] == full[key]
+    full_history = (tmp_path / "full" / "run" / "history.csv").read_text().splitlines()
+    resumed_history = (tmp_path / "resumed" / "run" / "history.csv").read_text().splitlines()
+    drop_times = [[cell for i, cell in enumerate(line.split(",")) if i not in (7, 8, 9, 10)] for line in full_history]
+    assert drop_times == [
+        [cell for i, cell in enumerate(line.split(",")) if i not in (7, 8, 9, 10)] for line in resumed_history
+    ]
 
 
 def test_a_checkpoint_of_another_recipe_is_ignored(tmp_path, caplog) -> None:
-    job = make_job(tmp_path, "changed", epochs=3)
+    job = make_job(tmp_path, "changed", max_steps=9)
     _train_epochs_then_stop(job, 1)
-    changed = make_job(tmp_path, "changed", epochs=3, lr=0.01)
+    changed = make_job(tmp_path, "changed", max_steps=9, lr=0.01)
     assert changed.fingerprint() != job.fingerprint()
     caplog.set_level("INFO")
     metrics = train(changed)
@@ -164,16 +237,16 @@ def _train_epochs_then_stop(job: TrainJob, epochs: int) -> None:
 
 def test_a_diverging_run_is_recorded_not_raised(tmp_path) -> None:
     metrics = train(
-        make_job(tmp_path, "nan", variant="arch-fc", epochs=3, lr=1e6, warmup_epochs=0, label_smoothing=0.0)
+        make_job(tmp_path, "nan", variant="arch-fc", max_steps=9, lr=1e6, warmup_epochs=0, label_smoothing=0.0)
     )
-    assert metrics["diverged"] is True and metrics["test_acc"] is None
-    assert metrics["epochs_completed"] < 3
+    assert metrics["diverged"] is True and metrics["test_acc"] is None and metrics["trained"] is False
+    assert metrics["epochs_completed"] < 3 and metrics["stop_reason"] == "diverged"
     saved = json.loads((tmp_path / "nan" / "run" / "metrics.json").read_text())
     assert saved["diverged"] is True
 
 
 def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:
-    metrics = train(make_job(tmp_path, "bf16", epochs=1, precision="bf16", channels_last="on"))
+    metrics = train(make_job(tmp_path, "bf16", max_steps=3, precision="bf16", channels_last="on"))
     assert metrics["precision"] == "torch.bfloat16" and metrics["channels_last"] is True
     assert np.isfinite(metrics["train_loss"])
 

@@ -1,12 +1,15 @@
 """Datasets: CIFAR download and integrity check, the built-in synthetic dataset, bring-your-own npz.
 
-Every dataset is prepared once (by one workflow rule) into one canonical ``.npz`` file: ``x_train`` and
-``x_test`` uint8 N x H x W x C, ``y_train`` and ``y_test`` int64, ``classes``. Training jobs read that file
-only, so they never import torchvision and never race on a download.
+Every dataset is prepared once (by one workflow rule) into one canonical ``.npz`` file: ``x_train``, ``x_val``
+and ``x_test`` uint8 N x H x W x C, ``y_train``, ``y_val`` and ``y_test`` int64, ``classes``. The validation
+split is carved from the training set there, once, so every variant and seed of a study sees the same one;
+anything tuned (learning rates, early stopping) reads it, and the test split only gives final numbers.
+Training jobs read that file only, so they never import torchvision and never race on a download.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,27 +43,42 @@ class ArrayDataset:
 
     x_train: np.ndarray
     y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
     classes: list[str]
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def validation_digest(self) -> str | None:
+        """A short hash of the validation split: equal digests mean every run was tuned on the same images."""
+        if self.x_val is None or self.y_val is None:
+            return None
+        digest = hashlib.sha256(np.ascontiguousarray(self.x_val).tobytes())
+        digest.update(np.ascontiguousarray(self.y_val).tobytes())
+        return digest.hexdigest()[:16]
 
     def save(self, path: str | Path) -> None:
         """Write atomically, so an interrupted job never leaves a half-written dataset behind."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            x_train=self.x_train,
-            y_train=self.y_train,
-            x_test=self.x_test,
-            y_test=self.y_test,
-            classes=np.array(self.classes),
-        )
+        splits = {
+            "train": (self.x_train, self.y_train),
+            "val": (self.x_val, self.y_val),
+            "test": (self.x_test, self.y_test),
+        }
+        arrays = {
+            f"{axis}_{split}": values
+            for split, pair in splits.items()
+            if pair[0] is not None
+            for axis, values in zip("xy", pair, strict=True)
+        }
+        np.savez(tmp, **arrays, classes=np.array(self.classes))
         tmp.replace(path)
 
 
@@ -215,8 +233,35 @@ def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.nda
     return np.sort(np.concatenate(chosen))
 
 
+def validation_count(validation: float | int, train_images: int) -> int:
+    """The number of held-out images ``data.validation`` asks for: a fraction (0 < x < 1) or a count."""
+    count = round(validation * train_images) if isinstance(validation, float) and validation < 1 else int(validation)
+    if not 0 < count < train_images:
+        raise DataError(
+            f"data.validation: {validation!r} leaves {count} of {train_images} training images for validation; "
+            "allowed: a fraction 0 < x < 1 or a count between 1 and the training set size"
+        )
+    return count
+
+
+def split_validation(dataset: ArrayDataset, validation: float | int, seed: int) -> ArrayDataset:
+    """Hold out a stratified, seeded part of the training set as the validation split."""
+    val_idx = stratified_subset(dataset.y_train, validation_count(validation, len(dataset.y_train)), seed)
+    train_mask = np.ones(len(dataset.y_train), dtype=bool)
+    train_mask[val_idx] = False
+    return ArrayDataset(
+        dataset.x_train[train_mask],
+        dataset.y_train[train_mask],
+        dataset.x_test,
+        dataset.y_test,
+        dataset.classes,
+        dataset.x_train[val_idx],
+        dataset.y_train[val_idx],
+    )
+
+
 def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
-    """Build the dataset a study config asks for, with its stratified train/test subsets applied."""
+    """Build the dataset a study config asks for: stratified subsets, then the validation split."""
     kind = data_cfg["dataset"]
     if kind == "synthetic":
         syn = data_cfg["synthetic"]
@@ -234,18 +279,27 @@ def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
         full = read_cifar(kind, data_cfg["root"])
     train_idx = stratified_subset(full.y_train, data_cfg.get("train_size"), data_cfg["seed"])
     test_idx = stratified_subset(full.y_test, data_cfg.get("test_size"), data_cfg["seed"] + 1)
-    return ArrayDataset(
+    subset = ArrayDataset(
         full.x_train[train_idx],
         full.y_train[train_idx],
         full.x_test[test_idx],
         full.y_test[test_idx],
         full.classes,
     )
+    return split_validation(subset, data_cfg["validation"], data_cfg["seed"] + 2)
 
 
-def load_prepared(path: str | Path) -> ArrayDataset:
-    """Read a dataset written by ``ArrayDataset.save``."""
+def load_prepared(path: str | Path, test: bool = True) -> ArrayDataset:
+    """Read a dataset written by ``ArrayDataset.save``; ``test=False`` never reads the test split (tuning)."""
     with np.load(path, allow_pickle=False) as npz:
+        if "x_val" not in npz.files:
+            raise DataError(f"{path} has no validation split (prepared by an older version): delete it and rerun")
         return ArrayDataset(
-            npz["x_train"], npz["y_train"], npz["x_test"], npz["y_test"], [str(c) for c in npz["classes"]]
+            npz["x_train"],
+            npz["y_train"],
+            npz["x_test"] if test else None,
+            npz["y_test"] if test else None,
+            [str(c) for c in npz["classes"]],
+            npz["x_val"],
+            npz["y_val"],
         )

@@ -79,7 +79,9 @@ def _plain(value: Any) -> Any:
 
 def train_job(job: Job) -> None:
     from cnnablate.train import TrainJob, train
+    from cnnablate.tune import chosen_lr
 
+    tuning = getattr(job.input, "tuning", None)
     train(
         TrainJob(
             study=job.params.study,
@@ -90,9 +92,32 @@ def train_job(job: Job) -> None:
             dataset=Path(job.input.data),
             run_dir=Path(job.output.metrics).parent,
             checkpoint=Path(job.params.checkpoint),
+            lr=chosen_lr(tuning) if tuning else None,
             tracking_setup=Path(job.input.tracking),
         )
     )
+
+
+def tune_job(job: Job) -> None:
+    from cnnablate.tune import tune_variant
+
+    tune_variant(
+        variant=job.wildcards.variant,
+        spec=dict(job.params.spec),
+        recipe=dict(job.params.recipe),
+        tune=dict(job.params.tune),
+        dataset=job.input.data,
+        output=job.output[0],
+        resume_file=job.params.resume,
+        tracking_setup=job.input.tracking,
+        study=job.params.study,
+    )
+
+
+def tuning_table_job(job: Job) -> None:
+    from cnnablate.tune import tuning_table
+
+    tuning_table(list(job.input), job.output[0])
 
 
 def prepare_data_job(job: Job) -> None:
@@ -190,6 +215,8 @@ def report_job(job: Job) -> None:
 
 JOBS: dict[str, Callable[[Job], None]] = {
     "train": train_job,
+    "tune": tune_job,
+    "tuning_table": tuning_table_job,
     "prepare_data": prepare_data_job,
     "download_data": download_data_job,
     "mlflow_setup": mlflow_setup_job,
@@ -207,7 +234,7 @@ def execute(job: Job) -> None:
     from cnnablate.logs import configure_logging
 
     configure_logging(job.log[0] if job.log else None)
-    if job.kind in ("train", "measure", "shift_robustness", "interpret"):
+    if job.kind in ("train", "tune", "measure", "shift_robustness", "interpret"):
         import torch
 
         torch.set_num_threads(max(1, job.threads))

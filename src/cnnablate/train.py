@@ -1,8 +1,12 @@
-"""Train one (variant, seed): a short loop you can read top to bottom, resumable, tracked, deterministic on CPU.
+"""Train one (variant, seed) until it converges: a short loop you can read top to bottom, resumable, tracked,
+deterministic on CPU.
 
 Data lives on the device; augmentation is batched tensor ops; metrics accumulate on the device and are read
-once per epoch (no host synchronisation inside the step). A checkpoint is written after every epoch to a path
-outside the job's declared outputs (Snakemake deletes those when a job fails), so a rerun resumes.
+once per epoch (no host synchronisation inside the step). The learning rate warms up, stays at its peak until
+the validation accuracy stops improving, then cools down linearly over a fraction of the steps run so far
+(a warmup-stable-decay schedule, stretched to the actual run). The test split is read once, at the end. A
+checkpoint is written after every epoch to a path outside the job's declared outputs (Snakemake deletes those
+when a job fails), so a rerun resumes, early-stopping state included.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ import torch
 from torch import nn
 
 from cnnablate import __version__
+from cnnablate.agc import adaptive_clip_grad_, clipped_parameters
 from cnnablate.config import flatten
-from cnnablate.data import load_prepared
+from cnnablate.data import ArrayDataset, load_prepared
 from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
 from cnnablate.runs import build_for_dataset
@@ -36,14 +41,18 @@ log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
 HISTORY_FIELDS = [
     "epoch",
+    "step",
     "train_loss",
     "train_acc",
-    "test_loss",
-    "test_acc",
+    "val_loss",
+    "val_acc",
     "lr",
     "epoch_seconds",
     "images_per_second",
+    "eval_seconds",
+    "elapsed_seconds",
 ]
+TRAINED_P_VALUE = 0.01
 
 
 @dataclass
@@ -58,8 +67,13 @@ class TrainJob:
     dataset: Path
     run_dir: Path
     checkpoint: Path
+    lr: float | None = None  # None: the recipe's shared learning rate
     tracking_setup: Path | None = None
     force_cpu: bool = False
+
+    @property
+    def peak_lr(self) -> float:
+        return self.recipe["lr"] if self.lr is None else self.lr
 
     @property
     def job_key(self) -> str:
@@ -68,7 +82,7 @@ class TrainJob:
     def fingerprint(self) -> str:
         """Identifies what a checkpoint was trained for; a changed spec or recipe never resumes from it."""
         stat = self.dataset.stat()
-        payload = json.dumps([self.spec, self.recipe, self.seed, stat.st_size], sort_keys=True)
+        payload = json.dumps([self.spec, self.recipe, self.peak_lr, self.seed, stat.st_size], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -82,19 +96,54 @@ def process_started_at() -> float:
         return IMPORTED_AT
 
 
-def lr_multiplier(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """Linear warm-up, then linear or cosine decay to zero (or constant)."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return 1.0
+@dataclass
+class Schedule:
+    """Warm-up, a stable peak, then a linear decay to zero that starts when the caller says (warmup-stable-decay).
+
+    The decay's start and length are state, saved in checkpoints: a resumed run follows the same schedule.
+    """
+
+    warmup_steps: int
+    decay_start: int | None = None
+    decay_steps: int = 0
+
+    def multiplier(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.decay_start is None or step < self.decay_start:
+            return 1.0
+        return max(0.0, 1.0 - (step - self.decay_start) / max(1, self.decay_steps))
+
+    def start_decay(self, step: int, decay_steps: int) -> None:
+        self.decay_start, self.decay_steps = step, decay_steps
+
+    def finished(self, step: int) -> bool:
+        return self.decay_start is not None and step >= self.decay_start + self.decay_steps
 
 
-def make_optimizer(model: nn.Module, recipe: Mapping[str, Any], device: torch.device) -> torch.optim.SGD:
+@dataclass
+class Plateau:
+    """Early-stopping bookkeeping: the best validation accuracy and the epochs since it improved."""
+
+    min_delta: float
+    best: float = -1.0
+    since: int = 0
+
+    def update(self, value: float) -> None:
+        if value > self.best + self.min_delta:
+            self.best, self.since = value, 0
+        else:
+            self.best, self.since = max(self.best, value), self.since + 1
+
+
+def above_chance(correct: int, total: int, chance: float) -> bool:
+    """Whether ``correct`` of ``total`` beats guessing: one-sided binomial test at p < TRAINED_P_VALUE."""
+    from scipy.stats import binom
+
+    return bool(binom.sf(correct - 1, total, chance) < TRAINED_P_VALUE)
+
+
+def make_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float, device: torch.device) -> torch.optim.SGD:
     """Nesterov SGD; weight decay only on weights of rank >= 2; fused kernels on CUDA."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -103,9 +152,7 @@ def make_optimizer(model: nn.Module, recipe: Mapping[str, Any], device: torch.de
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(
-        groups, lr=recipe["lr"], momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, **fused
-    )
+    return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, **fused)
 
 
 def make_step(
@@ -114,8 +161,12 @@ def make_step(
     loss_fn: nn.Module,
     choice: DeviceChoice,
     compile_mode: str,
+    clip: tuple[list[nn.Parameter], float] | None = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """One optimisation step returning (loss, number correct) as device tensors."""
+    """One optimisation step returning (loss, number correct) as device tensors.
+
+    ``clip`` = (parameters, lambda) applies adaptive gradient clipping before the update (``norm: nf``).
+    """
     forward = model if compile_mode == "off" else torch.compile(model, mode=compile_mode)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +175,8 @@ def make_step(
             loss = loss_fn(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip is not None:
+            adaptive_clip_grad_(*clip)
         optimizer.step()
         return loss.detach(), (logits.argmax(dim=1) == labels).sum()
 
@@ -137,7 +190,9 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 def run_epoch(
     step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optimizer: torch.optim.Optimizer,
+    lr_at: Callable[[int], float],
+    first_step: int,
     data: DeviceDataset,
     batch_size: int,
     recipe: Mapping[str, Any],
@@ -146,18 +201,20 @@ def run_epoch(
     """One pass over the training set; loss and accuracy accumulate on the device and sync once at the end."""
     loss_sum = torch.zeros((), device=data.device)
     correct = torch.zeros((), device=data.device, dtype=torch.long)
-    for images, labels in data.train_batches(batch_size, generator, recipe["crop_padding"], recipe["flip"]):
+    batches = data.train_batches(batch_size, generator, recipe["crop_padding"], recipe["flip"])
+    for offset, (images, labels) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(first_step + offset)
         loss, hits = step(images, labels)
         loss_sum += loss * labels.shape[0]
         correct += hits
-        scheduler.step()
     seen = data.steps_per_epoch(batch_size) * batch_size
     return loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: DeviceChoice) -> tuple[float, float]:
-    """Mean cross-entropy (no smoothing) and accuracy on a split."""
+    """Mean cross-entropy (no smoothing) and accuracy on a split (validation during training, test at the end)."""
     model.eval()
     loss_sum = torch.zeros((), device=choice.device)
     correct = torch.zeros((), device=choice.device, dtype=torch.long)
@@ -168,6 +225,79 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
         correct += (logits.argmax(dim=1) == labels).sum()
     model.train()
     return loss_sum.item() / len(data), correct.item() / len(data)
+
+
+@dataclass
+class Fit:
+    """One model being trained on the device: what tuning and final training share."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    train_data: DeviceDataset
+    val_data: DeviceDataset
+    batch_size: int
+    peak_lr: float
+    choice: DeviceChoice
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_data.steps_per_epoch(self.batch_size)
+
+
+def prepare_fit(
+    spec: Mapping[str, Any], arrays: ArrayDataset, seed: int, recipe: Mapping[str, Any], lr: float, choice: DeviceChoice
+) -> Fit:
+    """The variant's model as seeded, its optimiser and step, and the training and validation splits on the device."""
+    train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
+    val_data = DeviceDataset(
+        arrays.x_val, arrays.y_val, choice.device, train_data.mean, train_data.std, choice.channels_last
+    )
+    model = build_for_dataset(spec, arrays, seed).to(choice.device)
+    model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
+    optimizer = make_optimizer(model, recipe, lr, choice.device)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
+    clip = (clipped_parameters(model), recipe["agc_clipping"]) if spec.get("norm") == "nf" else None
+    step = make_step(model, optimizer, loss_fn, choice, recipe["compile"], clip)
+    batch_size = min(recipe["batch_size"], len(train_data))
+    return Fit(model, optimizer, step, train_data, val_data, batch_size, lr, choice)
+
+
+def fit_epoch(fit: Fit, schedule: Schedule, epoch: int, seed: int, recipe: Mapping[str, Any]) -> dict[str, float]:
+    """Train one epoch on the schedule, then score the validation split (skipped once the loss is not finite)."""
+    first_step = (epoch - 1) * fit.steps_per_epoch
+    started = time.time()
+    train_loss, train_acc = run_epoch(
+        fit.step,
+        fit.optimizer,
+        lambda step: fit.peak_lr * schedule.multiplier(step),
+        first_step,
+        fit.train_data,
+        fit.batch_size,
+        recipe,
+        epoch_generator(seed, epoch, fit.choice.device),
+    )
+    seconds = time.time() - started
+    val_loss, val_acc, eval_started = math.nan, math.nan, time.time()
+    if math.isfinite(train_loss):
+        val_loss, val_acc = evaluate(fit.model, fit.val_data, recipe["eval_batch_size"], fit.choice)
+    return {
+        "epoch": epoch,
+        "step": first_step + fit.steps_per_epoch,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "val_loss": val_loss,
+        "val_acc": val_acc,
+        "lr": fit.optimizer.param_groups[0]["lr"],
+        "epoch_seconds": seconds,
+        "images_per_second": fit.steps_per_epoch * fit.batch_size / seconds,
+        "eval_seconds": time.time() - eval_started,
+    }
+
+
+def cooldown_epochs(epoch: int, max_epochs: int, cooldown: float) -> int:
+    """Epochs of the final decay when it starts after ``epoch``: a fraction of the run so far, within the cap."""
+    return min(math.ceil(cooldown * epoch), max_epochs - epoch)
 
 
 def git_commit() -> str:
@@ -233,7 +363,7 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
 
 
 def train(job: TrainJob) -> dict[str, Any]:
-    """Train (or resume) one job and write metrics.json, history.csv and model.pt into ``job.run_dir``."""
+    """Train (or resume) one job to convergence; write metrics.json, history.csv and model.pt into ``job.run_dir``."""
     started = process_started_at()
     timings: dict[str, float] = {"imports": IMPORTED_AT - started}
     clock = time.time()
@@ -241,58 +371,47 @@ def train(job: TrainJob) -> dict[str, Any]:
     torch.set_num_threads(recipe["threads"])
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
     log.info(
-        "job %s on %s (autocast %s, channels_last %s)",
+        "job %s on %s (autocast %s, channels_last %s), peak lr %g",
         job.job_key,
         choice.description,
         choice.autocast_dtype,
         choice.channels_last,
+        job.peak_lr,
     )
-
     arrays = load_prepared(job.dataset)
-    train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
-    test_data = DeviceDataset(
-        arrays.x_test, arrays.y_test, choice.device, train_data.mean, train_data.std, choice.channels_last
-    )
-    timings["data"] = time.time() - clock
+    fit = prepare_fit(job.spec, arrays, job.seed, recipe, job.peak_lr, choice)
+    timings["data_and_model"] = time.time() - clock
     clock = time.time()
 
-    model = build_for_dataset(job.spec, arrays, job.seed).to(choice.device)
-    model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
-    params_count = sum(p.numel() for p in model.parameters())
-    batch_size = min(recipe["batch_size"], len(train_data))
-    steps_per_epoch = train_data.steps_per_epoch(batch_size)
-    total_steps = recipe["epochs"] * steps_per_epoch
-    optimizer = make_optimizer(model, recipe, choice.device)
-    warmup = round(recipe["warmup_epochs"] * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, total_steps, warmup, recipe["schedule"])
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    step = make_step(model, optimizer, loss_fn, choice, recipe["compile"])
-
+    spe = fit.steps_per_epoch
+    max_epochs = max(1, recipe["max_steps"] // spe)
+    schedule = Schedule(warmup_steps=round(recipe["warmup_epochs"] * spe))
+    plateau = Plateau(recipe["min_delta"])
     history: list[dict[str, float]] = []
-    start_epoch, train_seconds, eval_seconds, resumed_from = 0, 0.0, 0.0, None
+    train_seconds, resumed_from, stop_reason = 0.0, None, "cap"
     fingerprint = job.fingerprint()
     if job.checkpoint.exists():
         state = torch.load(job.checkpoint, map_location=choice.device, weights_only=True)
         if state["fingerprint"] == fingerprint:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            start_epoch, history, train_seconds = state["epoch"], state["history"], state["train_seconds"]
-            resumed_from = start_epoch
-            log.info("resumed from checkpoint %s at epoch %d of %d", job.checkpoint, start_epoch, recipe["epochs"])
+            fit.model.load_state_dict(state["model"])
+            fit.optimizer.load_state_dict(state["optimizer"])
+            schedule = Schedule(**state["schedule"])
+            plateau = Plateau(**state["plateau"])
+            history, train_seconds, stop_reason = state["history"], state["train_seconds"], state["stop_reason"]
+            resumed_from = len(history)
+            log.info("resumed from checkpoint %s at epoch %d", job.checkpoint, resumed_from)
         else:
-            log.info("ignoring checkpoint %s: it was written for another spec or recipe", job.checkpoint)
-    timings["model"] = time.time() - clock
-    clock = time.time()
+            log.info("ignoring checkpoint %s: it was written for another spec, recipe or learning rate", job.checkpoint)
 
     params = {
         **flatten(job.spec, "model."),
         **flatten(recipe, "train."),
+        "train.peak_lr": job.peak_lr,
         "seed": job.seed,
         "variant": job.variant,
         "dataset": str(job.dataset),
+        "data.validation_images": len(fit.val_data),
+        "data.validation_digest": arrays.validation_digest,
     }
     tracker = _open_tracking(job, params)
     if tracker is not None:
@@ -304,87 +423,94 @@ def train(job: TrainJob) -> dict[str, Any]:
     first_step_at: float | None = None
     status = "FAILED"
     try:
-        for epoch in range(start_epoch + 1, recipe["epochs"] + 1):
-            epoch_start = time.time()
-            train_loss, train_acc = run_epoch(
-                step,
-                scheduler,
-                train_data,
-                batch_size,
-                recipe,
-                epoch_generator(job.seed, epoch, choice.device),
-            )
-            first_step_at = first_step_at or epoch_start
-            seen = steps_per_epoch * batch_size
-            epoch_seconds = time.time() - epoch_start
-            train_seconds += epoch_seconds
-            if not math.isfinite(train_loss):
-                diverged = True
-                log.warning("epoch %d: loss is %s; the run diverged and stops here", epoch, train_loss)
+        epoch = len(history)
+        while not schedule.finished(epoch * spe):
+            epoch += 1
+            first_step_at = first_step_at or time.time()
+            row = fit_epoch(fit, schedule, epoch, job.seed, recipe)
+            if not math.isfinite(row["train_loss"]):
+                diverged, stop_reason = True, "diverged"
+                log.warning("epoch %d: loss is %s; the run diverged and stops here", epoch, row["train_loss"])
                 break
-            eval_start = time.time()
-            test_loss, test_acc = evaluate(model, test_data, recipe["eval_batch_size"], choice)
-            eval_seconds += time.time() - eval_start
-            row = {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                "train_acc": train_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "lr": optimizer.param_groups[0]["lr"],
-                "epoch_seconds": epoch_seconds,
-                "images_per_second": seen / epoch_seconds,
-            }
+            train_seconds += row["epoch_seconds"]
+            row["elapsed_seconds"] = train_seconds
             history.append(row)
-            left = (recipe["epochs"] - epoch) * train_seconds / (epoch - start_epoch or 1)
+            plateau.update(row["val_acc"])
+            if schedule.decay_start is None and (
+                plateau.since >= recipe["patience"]
+                or epoch + cooldown_epochs(epoch, max_epochs, recipe["cooldown"]) >= max_epochs
+            ):
+                stop_reason = "plateau" if plateau.since >= recipe["patience"] else "cap"
+                decay = cooldown_epochs(epoch, max_epochs, recipe["cooldown"])
+                schedule.start_decay(epoch * spe, decay * spe)
+                log.info(
+                    "%s after epoch %d: the learning rate decays to zero over %d epochs", stop_reason, epoch, decay
+                )
             log.info(
-                "epoch %3d/%d  loss %.4f  train %.2f%%  test %.2f%%  %8.0f img/s  %6.1fs left",
+                "epoch %3d  step %6d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  %8.0f img/s",
                 epoch,
-                recipe["epochs"],
-                train_loss,
-                100 * train_acc,
-                100 * test_acc,
+                row["step"],
+                row["lr"],
+                row["train_loss"],
+                100 * row["train_acc"],
+                100 * row["val_acc"],
                 row["images_per_second"],
-                left,
             )
             if tracker is not None:
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
             save_atomic(
                 {
                     "fingerprint": fingerprint,
-                    "epoch": epoch,
                     "history": history,
                     "train_seconds": train_seconds,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
+                    "stop_reason": stop_reason,
+                    "schedule": vars(schedule),
+                    "plateau": vars(plateau),
+                    "model": fit.model.state_dict(),
+                    "optimizer": fit.optimizer.state_dict(),
                 },
                 job.checkpoint,
             )
         training_done = time.time()
 
+        test_data = DeviceDataset(
+            arrays.x_test, arrays.y_test, choice.device, fit.train_data.mean, fit.train_data.std, choice.channels_last
+        )
+        test_loss, test_acc = (
+            (math.nan, math.nan) if diverged else evaluate(fit.model, test_data, recipe["eval_batch_size"], choice)
+        )
         job.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, job.run_dir / "model.pt")
+        torch.save({k: v.detach().cpu() for k, v in fit.model.state_dict().items()}, job.run_dir / "model.pt")
         write_history(history, job.run_dir / "history.csv")
         last = history[-1] if history else {}
+        chance = 1.0 / arrays.num_classes
+        val_acc = None if diverged else last.get("val_acc")
+        trained = val_acc is not None and above_chance(round(val_acc * len(fit.val_data)), len(fit.val_data), chance)
         metrics: dict[str, Any] = {
             "study": job.study,
             "variant": job.variant,
             "seed": job.seed,
             "spec": job.spec,
-            "test_acc": None if diverged else last.get("test_acc"),
-            "test_loss": None if diverged else last.get("test_loss"),
+            "lr": job.peak_lr,
+            "lr_source": "shared" if job.lr is None else "tuned",
+            "trained": trained,
+            "chance": chance,
+            "stop_reason": stop_reason,
+            "test_acc": None if diverged else test_acc,
+            "test_loss": None if diverged else test_loss,
+            "val_acc": val_acc,
+            "val_loss": None if diverged else last.get("val_loss"),
+            "best_val_acc": plateau.best if history else None,
             "train_loss": last.get("train_loss"),
             "train_acc": last.get("train_acc"),
-            "params": params_count,
-            "epochs": recipe["epochs"],
+            "params": sum(p.numel() for p in fit.model.parameters()),
+            "steps": len(history) * spe,
+            "max_steps": recipe["max_steps"],
             "epochs_completed": len(history),
             "diverged": diverged,
             "train_seconds": train_seconds,
-            "eval_seconds": eval_seconds,
-            "images_per_second": (
-                len(history) * steps_per_epoch * batch_size / train_seconds if train_seconds else None
-            ),
+            "eval_seconds": sum(row["eval_seconds"] for row in history),
+            "images_per_second": len(history) * spe * fit.batch_size / train_seconds if train_seconds else None,
             "device": choice.description,
             "precision": str(choice.autocast_dtype or torch.float32),
             "channels_last": choice.channels_last,
@@ -392,7 +518,9 @@ def train(job: TrainJob) -> dict[str, Any]:
             "versions": package_versions(),
             "git_commit": git_commit(),
             "num_classes": arrays.num_classes,
-            "train_images": len(train_data),
+            "train_images": len(fit.train_data),
+            "validation_images": len(fit.val_data),
+            "validation_digest": arrays.validation_digest,
             "test_images": len(test_data),
             "mlflow_run_id": tracker.run_id if tracker else None,
         }
@@ -404,9 +532,12 @@ def train(job: TrainJob) -> dict[str, Any]:
             tracker.log_metrics(
                 {
                     "final_test_acc": metrics["test_acc"],
-                    "params": params_count,
+                    "final_val_acc": metrics["val_acc"],
+                    "params": metrics["params"],
+                    "steps": metrics["steps"],
                     "train_seconds": train_seconds,
                     "diverged": float(diverged),
+                    "trained": float(trained),
                     "epochs_completed": len(history),
                 }
             )
@@ -417,9 +548,12 @@ def train(job: TrainJob) -> dict[str, Any]:
             tracker.finish(status)
     job.checkpoint.unlink(missing_ok=True)
     log.info(
-        "done: test accuracy %s after %d epochs, %.1fs training",
-        metrics["test_acc"],
+        "done: %s after %d epochs (%s), val %s, test %s, %.1fs training",
+        "trained" if trained else "DID NOT TRAIN",
         len(history),
+        stop_reason,
+        metrics["val_acc"],
+        metrics["test_acc"],
         train_seconds,
     )
     return metrics

@@ -60,9 +60,21 @@ def analysis_outputs(wildcards=None):
     return outputs
 
 
+def tuning_input(wildcards):
+    """The variant's tuning result when tuning is on (its chosen learning rate); nothing when it is off."""
+    if config["tune"]["enabled"]:
+        return {"tuning": f"{RESULTS}/tuning/{wildcards.variant}.json"}
+    return {}
+
+
+def tuning_targets(wildcards=None):
+    return [f"{RESULTS}/tuning.csv"] if config["tune"]["enabled"] else []
+
+
 def all_targets(wildcards):
     return [
         *expand_runs(f"{RUN}/metrics.json"),
+        *tuning_targets(),
         *analysis_outputs(),
         f"{RESULTS}/mlflow_sync.json",
         f"{REPORTS}/index.html",

@@ -1,4 +1,4 @@
-# MLflow experiment set up once; then one training job per (variant, seed).
+# MLflow experiment set up once; then one training job per (variant, seed), at the variant's tuned learning rate.
 
 
 rule mlflow_setup:
@@ -21,6 +21,7 @@ rule mlflow_setup:
 
 rule train:
     input:
+        unpack(tuning_input),
         data=f"{RESULTS}/data/dataset.npz",
         tracking=f"{RESULTS}/mlflow.json",
     output:

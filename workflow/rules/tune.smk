@@ -1,0 +1,50 @@
+# Per-variant learning-rate selection on the validation split: one job per variant sweeps the grid, so adding
+# a variant tunes only that variant. The train rule reads the chosen rate from the variant's tuning file.
+
+
+rule tune:
+    input:
+        data=f"{RESULTS}/data/dataset.npz",
+        tracking=f"{RESULTS}/mlflow.json",
+    output:
+        f"{RESULTS}/tuning/{{variant}}.json",
+    log:
+        f"{LOGS}/tune/{{variant}}.log",
+    benchmark:
+        f"{BENCHMARKS}/tune/{{variant}}.tsv"
+    conda:
+        ENV
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
+    params:
+        study=STUDY.name,
+        spec=variant_spec,
+        recipe=config["train"],
+        tune=config["tune"],
+        # outside the outputs: Snakemake deletes a failed job's outputs, finished grid points must survive
+        resume=f"{RESULTS}/checkpoints/tune/{{variant}}.pt",
+    script:
+        "../scripts/tune.py"
+
+
+rule tuning_table:
+    input:
+        expand(f"{RESULTS}/tuning/{{variant}}.json", variant=STUDY.variants),
+    output:
+        report(
+            f"{RESULTS}/tuning.csv",
+            caption="../report/tuning.rst",
+            category="Tables",
+        ),
+    log:
+        f"{LOGS}/tuning_table.log",
+    benchmark:
+        f"{BENCHMARKS}/tuning_table.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/tuning_table.py"
