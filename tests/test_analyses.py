@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from cnnablate.config import model_axes
-from cnnablate.data import ArrayDataset, make_synthetic
+from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.interpret import interpret_run
 from cnnablate.jobs import Job, shift_robustness_job
 from cnnablate.results import summarize
@@ -41,7 +41,7 @@ def _diverge(run_dir: Path) -> None:
 
 
 def test_a_diverged_run_is_measured_without_inventing_numbers(tmp_path) -> None:
-    job = make_job(tmp_path, "nan", epochs=1)
+    job = make_job(tmp_path, "nan", max_steps=3)
     train(job)
     _diverge(job.run_dir)
     result = measure_run(job.run_dir, job.dataset, _outputs(job.run_dir), erf_images=4, erf_canvas=None)
@@ -58,10 +58,14 @@ def test_a_diverged_run_is_measured_without_inventing_numbers(tmp_path) -> None:
 
 def test_single_channel_images_are_interpreted(tmp_path) -> None:
     colour = make_synthetic(128, 64, contrast=1.0, seed=0)
-    grey = ArrayDataset(
-        colour.x_train[..., :1].copy(), colour.y_train, colour.x_test[..., :1].copy(), colour.y_test, colour.classes
+    grey = split_validation(
+        ArrayDataset(
+            colour.x_train[..., :1].copy(), colour.y_train, colour.x_test[..., :1].copy(), colour.y_test, colour.classes
+        ),
+        32,
+        seed=0,
     )
-    job = make_job(tmp_path, "grey", epochs=1)
+    job = make_job(tmp_path, "grey", max_steps=3)
     grey.save(job.dataset)
     train(job)
     written = interpret_run(load_run(job.run_dir, job.dataset), tmp_path / "interpret")

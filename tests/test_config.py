@@ -23,8 +23,14 @@ BAD_CONFIGS = [
     ({"ablations": {"kernels": {"kernel_size": [5, 5]}}}, "ablations.kernels.kernel_size"),
     ({"seeds": [0, "one"]}, "seeds.1"),
     ({"seeds": []}, "seeds"),
-    ({"train": {"epochs": 0}}, "train.epochs"),
+    ({"train": {"max_steps": 0}}, "train.max_steps"),
     ({"data": {"dataset": "imagenet"}}, "data.dataset"),
+    ({"data": {"validation": 0}}, "data.validation"),
+    ({"data": {"validation": 1.5}}, "data.validation"),
+    ({"tune": {"lrs": []}}, "tune.lrs"),
+    ({"tune": {"lrs": [0.1, -1]}}, "tune.lrs.1"),
+    ({"tune": {"train_subset": 0}}, "tune.train_subset"),
+    ({"tune": {"bogus": 1}}, "tune"),
 ]
 
 
@@ -52,7 +58,7 @@ def test_bad_config_names_the_key(change: dict, named: str) -> None:
         ({"base": {"pool": "median"}}, "['max', 'avg', 'stride', 'none']"),
         ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance']"),
         ({"base": {"kernel_size": 4}}, "odd integer"),
-        ({"train": {"epochs": 0}}, "integer >= 1"),
+        ({"train": {"max_steps": 0}}, "Cap on optimiser steps"),
     ],
 )
 def test_bad_value_lists_allowed_values(change: dict, allowed: str) -> None:
@@ -63,7 +69,8 @@ def test_bad_value_lists_allowed_values(change: dict, allowed: str) -> None:
 
 def test_defaults_are_filled_in() -> None:
     config = validate_config({"study": "x", "data": {"dataset": "synthetic"}, "train": {}, "seeds": [0], "base": {}})
-    assert config["train"]["epochs"] == 20
+    assert config["train"]["max_steps"] == 10000 and config["train"]["patience"] == 5
+    assert config["data"]["validation"] == 0.1 and config["tune"]["enabled"] is True
     assert config["base"]["kernel_size"] == 3 and config["base"]["pool"] == "max"
     assert config["mlflow"]["tracking_uri"] == "sqlite:///results/mlflow.db"
     assert config["data"]["synthetic"]["num_classes"] == 10

@@ -49,10 +49,11 @@ def test_stratified_subset_keeps_proportions() -> None:
     assert np.array_equal(stratified_subset(labels, None, 0), np.arange(200))
 
 
-def test_prepare_applies_train_and_test_size() -> None:
+def test_prepare_applies_train_and_test_size_then_holds_out_a_stratified_validation_split() -> None:
     config = {
         "dataset": "synthetic",
         "seed": 0,
+        "validation": 0.2,
         "train_size": 100,
         "test_size": 40,
         "synthetic": {
@@ -64,8 +65,21 @@ def test_prepare_applies_train_and_test_size() -> None:
         },
     }
     dataset = prepare_dataset(config)
-    assert len(dataset.y_train) == 100 and len(dataset.y_test) == 40
-    assert set(np.bincount(dataset.y_train)) == {10} and set(np.bincount(dataset.y_test)) == {4}
+    assert len(dataset.y_train) == 80 and len(dataset.y_val) == 20 and len(dataset.y_test) == 40
+    assert set(np.bincount(dataset.y_train)) == {8} and set(np.bincount(dataset.y_val)) == {2}
+    assert set(np.bincount(dataset.y_test)) == {4}
+    train_rows = {row.tobytes() for row in dataset.x_train}
+    assert not any(row.tobytes() in train_rows for row in dataset.x_val), "validation images left the training set"
+    again = prepare_dataset({**config, "validation": 20})
+    assert again.validation_digest == dataset.validation_digest, "a count and the equal fraction give one split"
+
+
+def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused() -> None:
+    from cnnablate.data import validation_count
+
+    assert validation_count(0.1, 1800) == 180 and validation_count(50, 1800) == 50
+    with pytest.raises(DataError, match="data.validation"):
+        validation_count(1800, 1800)
 
 
 def _write_npz(path, **arrays) -> None:

@@ -84,7 +84,7 @@ def _kill_training_process(workdir: Path, timeout: float = 300) -> None:
 
 
 def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    recipe = {**tiny_config()["train"], "epochs": 5}
+    recipe = {**tiny_config()["train"], "max_steps": 70, "patience": 50}
     data = {"dataset": "synthetic", "synthetic": {"train_size": 1024, "test_size": 128, "contrast": 1.0}}
     target = "results/resume/runs/base/seed0/metrics.json"
     results = {}
@@ -122,9 +122,9 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> N
     log = (tmp_path / "killed/results/resume/logs/train/base/seed0.log").read_text()
     assert "resumed from checkpoint" in log
     assert results["killed"]["resumed_from_epoch"] >= 1
-    for key in ("test_acc", "test_loss", "train_loss", "epochs_completed"):
+    for key in ("test_acc", "test_loss", "val_acc", "train_loss", "epochs_completed", "steps", "lr"):
         assert results["killed"][key] == results["uninterrupted"][key]
-    columns = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+    columns = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
     pd.testing.assert_frame_equal(results["killed_history"][columns], results["uninterrupted_history"][columns])
     statuses = sorted(
         r.info.status

@@ -1,0 +1,111 @@
+"""Learning-rate selection on the validation split, and adaptive gradient clipping for norm-free networks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cnnablate.agc import adaptive_clip_grad_, clipped_parameters
+from cnnablate.config import Study, validate_config
+from cnnablate.data import make_synthetic, split_validation
+from cnnablate.tune import GridPoint, select_lr, tune_variant
+from conftest import tiny_config
+
+
+def point(lr: float, acc: float | None, loss: float | None = 1.0, diverged: bool = False) -> GridPoint:
+    return GridPoint(lr, acc, loss, [] if acc is None else [acc], diverged)
+
+
+def test_selection_picks_the_best_validation_accuracy() -> None:
+    grid = [point(0.01, 0.40), point(0.03, 0.72), point(0.1, 0.65), point(0.3, None, None, diverged=True)]
+    assert select_lr(grid).lr == 0.03
+
+
+def test_selection_breaks_ties_by_validation_loss_then_by_the_smaller_rate() -> None:
+    assert select_lr([point(0.01, 0.5, 0.9), point(0.1, 0.5, 0.7)]).lr == 0.1
+    assert select_lr([point(0.1, 0.5, 0.7), point(0.01, 0.5, 0.7)]).lr == 0.01
+
+
+def test_a_diverged_point_never_wins() -> None:
+    assert select_lr([point(1.0, None, None, diverged=True), point(0.01, 0.1, 2.3)]).lr == 0.01
+
+
+def _tune_setup(tmp_path):
+    config = validate_config(tiny_config(tune={"lrs": [0.01, 0.1], "epochs": 1, "train_subset": 0.5}))
+    dataset = tmp_path / "data.npz"
+    split_validation(make_synthetic(256, 64, contrast=1.0, seed=0), 0.25, seed=0).save(dataset)
+    spec = Study.from_config(config).variants["base"].spec
+    return config, spec, dataset
+
+
+def test_tuning_never_reads_the_test_split(tmp_path, monkeypatch) -> None:
+    config, spec, dataset = _tune_setup(tmp_path)
+    read: list[str] = []
+    original = np.lib.npyio.NpzFile.__getitem__
+
+    def spy(self, key):  # type: ignore[no-untyped-def]
+        read.append(key)
+        return original(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", spy)
+    result = tune_variant(
+        "base", spec, config["train"], config["tune"], dataset, tmp_path / "t.json", tmp_path / "r.pt"
+    )
+    assert {"x_train", "x_val", "y_val"} <= set(read), "the guard must see the splits tuning does read"
+    assert not [key for key in read if "test" in key], f"tuning read the test split: {read}"
+    assert result["chosen_lr"] in (0.01, 0.1) and len(result["grid"]) == 2
+    assert result["validation_images"] == 64 and result["tuning_images"] == 96
+    saved = json.loads((tmp_path / "t.json").read_text())
+    assert saved == result and not (tmp_path / "r.pt").exists()
+
+
+def test_an_interrupted_sweep_keeps_its_finished_learning_rates(tmp_path, monkeypatch) -> None:
+    import cnnablate.tune as tuning
+
+    config, spec, dataset = _tune_setup(tmp_path)
+    reference = tune_variant(
+        "base", spec, config["train"], config["tune"], dataset, tmp_path / "a.json", tmp_path / "a.pt"
+    )
+    original, tried = tuning.try_learning_rate, []
+
+    def fail_on_second(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tried.append(args[-1])
+        if len(tried) == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "try_learning_rate", fail_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        tune_variant("base", spec, config["train"], config["tune"], dataset, tmp_path / "b.json", tmp_path / "b.pt")
+    monkeypatch.setattr(tuning, "try_learning_rate", original)
+    tried_after: list[float] = []
+    monkeypatch.setattr(tuning, "try_learning_rate", lambda *a, **k: tried_after.append(a[-1]) or original(*a, **k))
+    resumed = tune_variant(
+        "base", spec, config["train"], config["tune"], dataset, tmp_path / "b.json", tmp_path / "b.pt"
+    )
+    assert tried_after == [0.1], "only the unfinished learning rate is trained again"
+    assert resumed["grid"] == reference["grid"] and resumed["chosen_lr"] == reference["chosen_lr"]
+
+
+def test_agc_clips_each_unit_as_the_nfnet_formula_says() -> None:
+    # Brock et al. 2021, eq. 3: G_i <- lambda * max(||W_i||, eps) / ||G_i|| * G_i when the ratio exceeds lambda.
+    weight = nn.Parameter(torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]]))  # unit norms 5, 0 (-> eps), 1
+    weight.grad = torch.tensor([[0.6, 0.8], [0.3, 0.4], [0.001, 0.0]])  # gradient norms 1, 0.5, 0.001
+    adaptive_clip_grad_([weight], clipping=0.1)
+    # unit 0: 1 / 5 = 0.2 > 0.1 -> scaled to norm 0.1 * 5 = 0.5; unit 1: 0.5 / 1e-3 > 0.1 -> norm 0.1 * 1e-3;
+    # unit 2: 0.001 / 1 = 0.001 <= 0.1 -> unchanged.
+    expected = torch.tensor([[0.3, 0.4], [0.3 * 1e-4 / 0.5, 0.4 * 1e-4 / 0.5], [0.001, 0.0]])
+    assert torch.allclose(weight.grad, expected, rtol=1e-5, atol=1e-9)
+    assert math.isclose(float(weight.grad[0].norm()), 0.5, rel_tol=1e-6)
+
+
+def test_agc_leaves_the_final_classifier_alone() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
+    clipped = {id(p) for p in clipped_parameters(model)}
+    assert all(id(p) not in clipped for p in model[4].parameters())
+    assert all(id(p) in clipped for module in (model[0], model[2]) for p in module.parameters())
