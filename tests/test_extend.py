@@ -61,8 +61,11 @@ def test_add_an_ablation_trains_only_the_new_variants(tiny_study: Path, tmp_path
     dry = snakemake(workdir, workdir / "config.yaml", "-n")  # README step 2: rerun
     jobs = _jobs(dry.stdout)
     assert jobs["train"] == 2 and jobs["measure"] == 2 and jobs["shift_robustness"] == 2
+    assert jobs["tune"] == 1 and jobs["tuning_table"] == 1, "only the new variant's learning rate is tuned"
     trained = set(re.findall(r"wildcards: variant=([\w.-]+), seed=\d", dry.stdout))
     assert trained == {"kernel_size-5"}
+    tuned = set(re.findall(r"wildcards: variant=([\w.-]+)\n", dry.stdout))
+    assert tuned == {"kernel_size-5"}
 
     snakemake(workdir, workdir / "config.yaml", "--cores", "2")
     summary = pd.read_csv(workdir / "results/tiny/summary.csv")

@@ -209,7 +209,7 @@ def erf_depth_figure(depth: pd.DataFrame, path: Path) -> Path:
 
 
 def learning_curves_figure(results_dir: Path, ablation: str, members: list[str], seeds: list[int], path: Path) -> Path:
-    """Test accuracy and test loss per epoch for the variants of one ablation (mean and 95% CI over seeds)."""
+    """Validation accuracy and loss per step for the variants of one ablation (mean and 95% CI over seeds)."""
     frames = []
     for variant in members:
         for seed in seeds:
@@ -218,20 +218,20 @@ def learning_curves_figure(results_dir: Path, ablation: str, members: list[str],
     curves = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     if not curves.empty:
-        curves["test accuracy (%)"] = curves["test_acc"] * 100
-        sns.lineplot(data=curves, x="epoch", y="test accuracy (%)", hue="variant", errorbar=("ci", 95), ax=axes[0])
+        curves["validation accuracy (%)"] = curves["val_acc"] * 100
+        sns.lineplot(data=curves, x="step", y="validation accuracy (%)", hue="variant", errorbar=("ci", 95), ax=axes[0])
         sns.lineplot(
             data=curves,
-            x="epoch",
-            y="test_loss",
+            x="step",
+            y="val_loss",
             hue="variant",
             errorbar=("ci", 95),
             ax=axes[1],
             legend=False,
         )
-    axes[1].set_ylabel("test cross-entropy")
+    axes[1].set_ylabel("validation cross-entropy")
     for ax in axes:
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("optimiser step")
     fig.suptitle(f"Learning curves, ablation '{ablation}'")
     return _save(fig, path)
 
