@@ -112,9 +112,10 @@ def test_real_config_validates() -> None:
     } <= set(study.variants)
 
 
-def test_dry_run_lists_one_training_job_per_variant_and_seed(tmp_path) -> None:
+def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_variant_and_seed(tmp_path) -> None:
     config = load_config(ROOT / "config" / "config.yaml")
-    expected = len(Study.from_config(config).variants) * len(config["seeds"])
+    variants = len(Study.from_config(config).variants)
+    expected = variants * len(config["seeds"])
     result = snakemake(tmp_path, ROOT / "config" / "config.yaml", "-n", "--quiet", "rules")
     counts = {
         line.split()[0]: int(line.split()[1])
@@ -122,6 +123,7 @@ def test_dry_run_lists_one_training_job_per_variant_and_seed(tmp_path) -> None:
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
     assert counts["train"] == expected == 57
+    assert counts["tune"] == variants == 19 and counts["tuning_table"] == 1
     assert counts["download_data"] == 1 and counts["mlflow_setup"] == 1
 
 
