@@ -26,8 +26,9 @@ ACTIVATIONS_TYPES = (nn.ReLU, nn.GELU, nn.SiLU)
 
 # Brock, De, Smith & Simonyan (2021), "Characterizing signal propagation to close the performance gap in
 # unnormalized ResNets" (arXiv:2101.08692), and NFNets (arXiv:2102.06171): gamma makes g(x) of a unit
-# Gaussian x unit-variance again, for ReLU sqrt(2 / (1 - 1/pi)); GELU and SiLU values as in DeepMind's
-# nfnets code (deepmind-research/nfnets/base.py, `nonlinearities`) and timm's `_nonlin_gamma`.
+# Gaussian x unit-variance again, for ReLU analytically sqrt(2 / (1 - 1/pi)) = 1.71286 (DeepMind's code
+# uses its Monte Carlo estimate 1.71396); GELU and SiLU: the estimates of DeepMind's nfnets code
+# (deepmind-research/nfnets/base.py, `nonlinearities`) and timm's `_nonlin_gamma`.
 NF_GAMMA = {"relu": math.sqrt(2.0 / (1.0 - 1.0 / math.pi)), "gelu": 1.7015043497085571, "silu": 1.7881293296813965}
 LARGEST_DENSE_DEFAULT = 7  # block: auto builds dense kernels up to 7x7 and separable ones above
 
@@ -171,7 +172,9 @@ def block_type(spec: Mapping[str, Any]) -> str:
     if block == "auto":
         return "separable" if spec["arch"] == "conv" and k > LARGEST_DENSE_DEFAULT else "dense"
     if block == "separable" and spec["arch"] != "conv":
-        raise ValueError(f"block: separable needs arch conv (a depthwise layer shares weights), got arch {spec['arch']!r}")
+        raise ValueError(
+            f"block: separable needs arch conv (a depthwise layer shares weights), got arch {spec['arch']!r}"
+        )
     return block
 
 
