@@ -105,8 +105,7 @@ def attributions_figure(run: LoadedRun, indices: list[int], title: str, path: Pa
     stages = stage_outputs(model)
     gradcam = None
     if stages:
-        last_spatial = dict(model.named_children())[_last_activation_name(model)]
-        cam = LayerGradCam(model, last_spatial).attribute(images, target=targets, relu_attributions=True)
+        cam = LayerGradCam(model, stages[-1][1]).attribute(images, target=targets, relu_attributions=True)
         gradcam = LayerAttribution.interpolate(cam, tuple(images.shape[-2:]), interpolate_mode="bilinear")[:, 0]
     rows = 3 if gradcam is not None else 2
     fig, axes = plt.subplots(rows, len(indices), figsize=(len(indices) * 1.8, rows * 1.9 + 0.5), squeeze=False)
@@ -126,19 +125,6 @@ def attributions_figure(run: LoadedRun, indices: list[int], title: str, path: Pa
     fig.suptitle(f"Saliency and Grad-CAM: {title}", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _last_activation_name(model: nn.Module) -> str:
-    """The activation feeding global average pooling: the last feature map with spatial extent."""
-    name = None
-    for child_name, module in model.named_children():
-        if isinstance(module, nn.ReLU | nn.GELU | nn.SiLU):
-            name = child_name
-        if isinstance(module, nn.AdaptiveAvgPool2d):
-            break
-    if name is None:
-        raise ValueError("model has no spatial activation")
-    return name
 
 
 def interpret_run(run: LoadedRun, output_dir: str | Path, examples: int = 4) -> list[str]:

@@ -179,6 +179,19 @@ def shift_robustness_figure_job(job: Job) -> None:
     shift_robustness_outputs(list(job.input), job.output.figure, job.output.table)
 
 
+def rf_laws_job(job: Job) -> None:
+    from cnnablate.rf_laws import run_rf_laws
+
+    run_rf_laws(job.input.measures, job.output[0])
+
+
+def rf_laws_study_job(job: Job) -> None:
+    from cnnablate.rf_laws import study_rf_laws
+
+    config = {"base": dict(job.params.base), "data": dict(job.params.data)}
+    study_rf_laws(config, [Path(path).parent for path in job.input.metrics], dict(job.output.items()))
+
+
 def interpret_job(job: Job) -> None:
     from cnnablate.interpret import interpret_run
     from cnnablate.runs import load_run
@@ -223,6 +236,8 @@ JOBS: dict[str, Callable[[Job], None]] = {
     "measure": measure_job,
     "shift_robustness": shift_robustness_job,
     "shift_robustness_figure": shift_robustness_figure_job,
+    "rf_laws": rf_laws_job,
+    "rf_laws_study": rf_laws_study_job,
     "interpret": interpret_job,
     "mlflow_sync": mlflow_sync_job,
     "report": report_job,
@@ -234,7 +249,7 @@ def execute(job: Job) -> None:
     from cnnablate.logs import configure_logging
 
     configure_logging(job.log[0] if job.log else None)
-    if job.kind in ("train", "tune", "measure", "shift_robustness", "interpret"):
+    if job.kind in ("train", "tune", "measure", "shift_robustness", "interpret", "rf_laws_study"):
         import torch
 
         torch.set_num_threads(max(1, job.threads))

@@ -1,0 +1,86 @@
+# Receptive-field laws (Luo et al. 2016, RepLKNet 2022): per run, the ERF's growth exponent along the
+# network's depth; per study, every law measured beside the paper's statement (cnnablate.rf_laws).
+
+
+rule rf_laws:
+    input:
+        measures=f"{RUN}/measures.json",
+    output:
+        f"{RUN}/rf_laws.json",
+    log:
+        f"{LOGS}/rf_laws/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/rf_laws/{{variant}}/seed{{seed}}.tsv"
+    conda:
+        ENV
+    threads: 1
+    script:
+        "../scripts/rf_laws.py"
+
+
+rule rf_laws_study:
+    input:
+        metrics=expand_runs(f"{RUN}/metrics.json"),
+        measures=expand_runs(f"{RUN}/measures.json"),
+    output:
+        laws=report(
+            f"{RESULTS}/tables/rf_laws.csv",
+            caption="../report/rf_laws.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+        measurements=report(
+            f"{RESULTS}/tables/rf_laws_measurements.csv",
+            caption="../report/rf_laws.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+        trainability=report(
+            f"{RESULTS}/tables/depth_trainability.csv",
+            caption="../report/depth_trainability.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+        depth_figure=report(
+            f"{RESULTS}/figures/rf_laws_depth.png",
+            caption="../report/rf_laws.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+        kernel_figure=report(
+            f"{RESULTS}/figures/rf_laws_kernel_size.png",
+            caption="../report/rf_laws_kernel_size.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+        trainability_figure=report(
+            f"{RESULTS}/figures/depth_trainability.png",
+            caption="../report/depth_trainability.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        ),
+    log:
+        f"{LOGS}/rf_laws_study.log",
+    benchmark:
+        f"{BENCHMARKS}/rf_laws_study.tsv"
+    conda:
+        ENV
+    threads: 1
+    params:
+        base=config["base"],
+        data=config["data"],
+    script:
+        "../scripts/rf_laws_study.py"
+
+
+register_analysis(
+    "rf_laws",
+    study_outputs=[
+        f"{RESULTS}/tables/rf_laws.csv",
+        f"{RESULTS}/tables/rf_laws_measurements.csv",
+        f"{RESULTS}/tables/depth_trainability.csv",
+        f"{RESULTS}/figures/rf_laws_depth.png",
+        f"{RESULTS}/figures/rf_laws_kernel_size.png",
+        f"{RESULTS}/figures/depth_trainability.png",
+    ],
+)
