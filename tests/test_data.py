@@ -78,7 +78,7 @@ def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused() -> None
     from cnnablate.data import validation_count
 
     assert validation_count(0.1, 1800) == 180 and validation_count(50, 1800) == 50
-    with pytest.raises(DataError, match="data.validation"):
+    with pytest.raises(DataError, match=r"data\.validation"):
         validation_count(1800, 1800)
 
 

@@ -33,10 +33,3 @@ def adaptive_clip_grad_(parameters: Iterable[nn.Parameter], clipping: float, eps
         grad_norm = unitwise_norm(param.grad)
         scale = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_min(1e-6), torch.ones_like(grad_norm))
         param.grad.mul_(scale)
-
-
-def clipped_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter but the final classifier's (the last linear layer), which AGC leaves alone."""
-    linears = [module for module in model.modules() if isinstance(module, nn.Linear)]
-    classifier = {id(p) for p in linears[-1].parameters()} if linears else set()
-    return [p for p in model.parameters() if id(p) not in classifier]

@@ -30,11 +30,12 @@ import torch
 from torch import nn
 
 from cnnablate import __version__
-from cnnablate.agc import adaptive_clip_grad_, clipped_parameters
+from cnnablate.agc import adaptive_clip_grad_
 from cnnablate.config import flatten
 from cnnablate.data import ArrayDataset, load_prepared
 from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
+from cnnablate.models import agc_parameter_groups
 from cnnablate.runs import build_for_dataset
 
 log = logging.getLogger("cnnablate.train")
@@ -257,7 +258,7 @@ def prepare_fit(
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     optimizer = make_optimizer(model, recipe, lr, choice.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    clip = (clipped_parameters(model), recipe["agc_clipping"]) if spec.get("norm") == "nf" else None
+    clip = (agc_parameter_groups(model)["clipped"], recipe["agc_clipping"]) if spec["norm"] == "nf" else None
     step = make_step(model, optimizer, loss_fn, choice, recipe["compile"], clip)
     batch_size = min(recipe["batch_size"], len(train_data))
     return Fit(model, optimizer, step, train_data, val_data, batch_size, lr, choice)
