@@ -109,8 +109,8 @@ def read_cifar(dataset: str, root: str | Path) -> ArrayDataset:
     """Read the pickled batches of a verified CIFAR archive straight from the ``tar.gz`` (nothing is extracted).
 
     Only an archive whose MD5 matches the published one is unpickled. The batches are Python 2 pickles: loaded
-    with ``encoding="bytes"``, their keys and class names are bytes.
-    Images are stored channel-planar (N x 3072: all red, then green, then blue) and returned N x H x W x C.
+    with ``encoding="bytes"``, their keys and class names are bytes. Images are stored channel-planar (N x 3072:
+    all red, then green, then blue) and returned N x H x W x C.
     """
     import pickle
     import tarfile
