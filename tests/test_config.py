@@ -112,6 +112,7 @@ def test_real_config_validates() -> None:
     } <= set(study.variants)
 
 
+@pytest.mark.e2e
 def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_variant_and_seed(tmp_path) -> None:
     config = load_config(ROOT / "config" / "config.yaml")
     variants = len(Study.from_config(config).variants)
@@ -127,6 +128,7 @@ def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_varia
     assert counts["download_data"] == 1 and counts["mlflow_setup"] == 1
 
 
+@pytest.mark.e2e
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path) -> None:
     bad = write_config(tmp_path, _merge(tiny_config(), {"base": {"kernel_size": 4}}))
     result = snakemake(tmp_path, bad, "--cores", "1", check=False)

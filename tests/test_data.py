@@ -1,11 +1,10 @@
-"""Datasets: synthetic determinism and design, stratified subsets, npz validation, CIFAR offline errors."""
+"""Datasets: synthetic determinism and design, stratified subsets, npz validation (CIFAR: test_cifar.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cnnablate import data
 from cnnablate.data import DataError, make_synthetic, prepare_dataset, read_npz, stratified_subset
 
 
@@ -114,23 +113,3 @@ def test_npz_roundtrip_and_validation(tmp_path) -> None:
         read_npz(tmp_path / "wide.npz")
     with pytest.raises(DataError, match="does not exist"):
         read_npz(tmp_path / "nothing.npz")
-
-
-def test_cifar_offline_says_where_to_put_the_archive(tmp_path, monkeypatch) -> None:
-    import torchvision.datasets.utils as tv_utils
-
-    def offline(*args, **kwargs):
-        raise OSError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(tv_utils, "download_url", offline)
-    with pytest.raises(DataError) as error:
-        data.download_cifar("cifar10", tmp_path)
-    message = str(error.value)
-    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
-    assert "c58f30108f718f92721af3b95e74349a" in message
-
-
-def test_cifar_corrupt_archive_is_refused(tmp_path) -> None:
-    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not an archive")
-    with pytest.raises(DataError, match="MD5"):
-        data.download_cifar("cifar10", tmp_path)

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -51,6 +52,7 @@ def _jobs(output: str) -> dict[str, int]:
     }
 
 
+@pytest.mark.e2e
 def test_add_an_ablation_trains_only_the_new_variants(tiny_study: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "study"
     shutil.copytree(tiny_study, workdir, symlinks=True)
@@ -74,6 +76,7 @@ def test_add_an_ablation_trains_only_the_new_variants(tiny_study: Path, tmp_path
     assert ">kernel</h3>" in page and "kernel_size 5:" in page
 
 
+@pytest.mark.e2e
 def test_add_an_analysis_rule_reaches_the_report_and_mlflow(tiny_study: Path, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -53,6 +53,7 @@ def test_pareto_front() -> None:
     assert pareto_front(cost, accuracy).tolist() == [0, 1, 4, 3]
 
 
+@pytest.mark.e2e
 def test_tables_agree_with_the_raw_metrics(tiny_study: Path) -> None:
     results = pd.read_csv(tiny_study / "results/tiny/results.csv")
     summary = pd.read_csv(tiny_study / "results/tiny/summary.csv").set_index("variant")
@@ -76,6 +77,7 @@ def test_tables_agree_with_the_raw_metrics(tiny_study: Path) -> None:
     assert "shift_acc_2px" in results.columns
 
 
+@pytest.mark.e2e
 def test_every_figure_is_produced(tiny_study: Path) -> None:
     figures = tiny_study / "results/tiny/figures/report"
     expected = {
@@ -95,6 +97,7 @@ def test_every_figure_is_produced(tiny_study: Path) -> None:
     assert (tiny_study / "results/tiny/figures/shift_robustness.png").exists()
 
 
+@pytest.mark.e2e
 def test_html_report_renders_every_section_without_broken_images(tiny_study: Path, tmp_path: Path) -> None:
     page = tiny_study / "reports/tiny/index.html"
     text = page.read_text()
@@ -128,9 +131,10 @@ def test_html_report_renders_every_section_without_broken_images(tiny_study: Pat
     assert screenshot.stat().st_size > 50_000
 
 
-def test_snakemake_report_archive(tiny_study: Path) -> None:
-    archive = tiny_study / "reports/tiny/report.zip"
-    snakemake(tiny_study, tiny_study / "config.yaml", "--report", str(archive))
+@pytest.mark.e2e
+def test_snakemake_report_archive(own_tiny_study: Path) -> None:
+    archive = own_tiny_study / "reports/tiny/report.zip"
+    snakemake(own_tiny_study, own_tiny_study / "config.yaml", "--report", str(archive))
     names = zipfile.ZipFile(archive).namelist()
     assert any(name.endswith("report.html") for name in names)
     assert any("shift_robustness.png" in name for name in names)

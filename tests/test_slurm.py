@@ -99,6 +99,7 @@ def touch(workdir: Path, *paths: str) -> None:
         (workdir / path).write_text("placeholder\n")
 
 
+@pytest.mark.e2e
 def test_train_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, monkeypatch) -> None:
     settings = tiny_config(seeds=[0])
     settings["train"] = {**settings["train"], "threads": 3}
@@ -130,6 +131,7 @@ def test_train_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, mo
     assert not LOCAL_RULES & set(map(rule_of, sbatch))
 
 
+@pytest.mark.e2e
 def test_analysis_and_data_jobs_request_cpus_memory_and_runtime_but_no_gpu(tmp_path, monkeypatch) -> None:
     settings = tiny_config(seeds=[0])
     config = write_config(tmp_path, settings)
@@ -175,6 +177,7 @@ def cluster_problem() -> str | None:
 
 
 @pytest.mark.slurm
+@pytest.mark.e2e
 def test_tiny_study_runs_on_the_slurm_cluster(tmp_path: Path) -> None:
     problem = cluster_problem()
     if problem:

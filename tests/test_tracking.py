@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
+from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from cnnablate.tracking import JOB_KEY_TAG, JobRun, job_run_logger, setup_study, sync_analyses
@@ -13,24 +17,41 @@ def _setup(tmp_path):
     return setup_study("demo", f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "mlflow.json", tmp_path / "artifacts")
 
 
+@pytest.fixture(scope="module")
+def first_setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The study set up once on a new database, which setup_study creates and migrates (seconds)."""
+    directory = tmp_path_factory.mktemp("mlflow")
+    return directory, _setup(directory)
+
+
+@pytest.fixture
+def study_setup(tmp_path: Path, first_setup: tuple[Path, dict[str, str]]) -> dict[str, str]:
+    """setup_study on a copy of the set-up database: the same experiment and parent run, no migration to wait for."""
+    database = first_setup[0] / "mlflow.db"
+    connection = sqlite3.connect(database)
+    connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the write-ahead log into the file, then copy the file
+    connection.close()
+    shutil.copy(database, tmp_path / "mlflow.db")
+    return _setup(tmp_path)
+
+
 def _runs(setup, key, deleted=False):
     client = MlflowClient(setup["tracking_uri"])
     view = 3 if deleted else 1  # ALL or ACTIVE_ONLY
     return client.search_runs([setup["experiment_id"]], f"tags.`{JOB_KEY_TAG}` = '{key}'", run_view_type=view)
 
 
-def test_setup_is_idempotent_and_uses_wal(tmp_path) -> None:
-    first, second = _setup(tmp_path), _setup(tmp_path)
+def test_setup_is_idempotent_and_uses_wal(first_setup) -> None:
+    directory, first = first_setup
+    second = _setup(directory)
     assert first == second
-    import sqlite3
-
-    mode = sqlite3.connect(tmp_path / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0]
+    mode = sqlite3.connect(directory / "mlflow.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
-    assert json.loads((tmp_path / "mlflow.json").read_text())["parent_run_id"] == first["parent_run_id"]
+    assert json.loads((directory / "mlflow.json").read_text())["parent_run_id"] == first["parent_run_id"]
 
 
-def test_killed_run_is_marked_and_rerun_leaves_one_finished(tmp_path) -> None:
-    setup = _setup(tmp_path)
+def test_killed_run_is_marked_and_rerun_leaves_one_finished(study_setup) -> None:
+    setup = study_setup
     killed = JobRun(setup, "demo/base/seed0", "base/seed0", {"variant": "base"})  # never finished: a kill
     retry = JobRun(setup, "demo/base/seed0", "base/seed0", {"variant": "base"})
     retry.log_metrics({"test_acc": 0.5}, step=1)
@@ -46,8 +67,8 @@ def test_killed_run_is_marked_and_rerun_leaves_one_finished(tmp_path) -> None:
     assert parent == setup["parent_run_id"]
 
 
-def test_sync_logs_analysis_numbers_once(tmp_path) -> None:
-    setup = _setup(tmp_path)
+def test_sync_logs_analysis_numbers_once(tmp_path, study_setup) -> None:
+    setup = study_setup
     run = JobRun(setup, "demo/base/seed0", "base/seed0", {})
     run.finish()
     run_dir = tmp_path / "run"

@@ -13,7 +13,7 @@ from cnnablate.config import Study, validate_config
 from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.loader import DeviceDataset, random_crop_flip
 from cnnablate.train import Plateau, Schedule, TrainJob, above_chance, cooldown_epochs, train
-from conftest import tiny_config
+from conftest import recording_layers, tiny_config
 
 
 def _crop_flip(images: torch.Tensor, padding: int, flip: bool, seed: int) -> torch.Tensor:
@@ -95,6 +95,7 @@ def test_above_chance_is_a_one_sided_binomial_test() -> None:
 
 
 def make_job(tmp_path: Path, name: str, variant: str = "base", lr: float | None = None, **recipe) -> TrainJob:
+    """A tiny training job on the CPU wherever the suite runs: tests compare its results bit for bit."""
     config = validate_config(
         tiny_config(train={**tiny_config()["train"], **recipe}, ablations={"fc": {"arch": ["fc"]}})
     )
@@ -112,6 +113,7 @@ def make_job(tmp_path: Path, name: str, variant: str = "base", lr: float | None 
         tmp_path / name / "run",
         tmp_path / name / "checkpoint.pt",
         lr=lr,
+        force_cpu=True,
     )
 
 
@@ -246,9 +248,15 @@ def test_a_diverging_run_is_recorded_not_raised(tmp_path) -> None:
 
 
 def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:
-    metrics = train(make_job(tmp_path, "bf16", max_steps=3, precision="bf16", channels_last="on"))
+    """Every convolution and linear layer computes in bf16, convolutions on channels_last inputs and weights."""
+    with recording_layers() as calls:
+        metrics = train(make_job(tmp_path, "bf16", max_steps=3, precision="bf16", channels_last="on"))
     assert metrics["precision"] == "torch.bfloat16" and metrics["channels_last"] is True
     assert np.isfinite(metrics["train_loss"])
+    convolutions = [call for call in calls if call.layer == "Conv2d"]
+    assert convolutions and any(call.layer == "Linear" for call in calls)
+    assert {call.output_dtype for call in calls} == {torch.bfloat16}
+    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions)
 
 
 def test_crop_and_flip_together_give_a_mirrored_or_plain_window() -> None:

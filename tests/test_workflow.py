@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, SNAKEMAKE, snakemake, tiny_config, write_config
+from conftest import ROOT, SNAKEMAKE, snakemake, tiny_config, workflow_env, write_config
+
+pytestmark = pytest.mark.e2e  # every test here runs Snakemake
 
 
 def finished_runs(workdir: Path, study: str) -> list:
@@ -36,11 +39,11 @@ def test_tiny_study_has_one_result_and_one_finished_run_per_variant_and_seed(tin
     assert (tiny_study / "reports" / "tiny" / "index.html").exists()
 
 
-def test_rerunning_a_finished_study_does_nothing(tiny_study: Path) -> None:
-    before = len(finished_runs(tiny_study, "tiny"))
-    result = snakemake(tiny_study, tiny_study / "config.yaml", "--cores", "2")
+def test_rerunning_a_finished_study_does_nothing(own_tiny_study: Path) -> None:
+    before = len(finished_runs(own_tiny_study, "tiny"))
+    result = snakemake(own_tiny_study, own_tiny_study / "config.yaml", "--cores", "2")
     assert "Nothing to be done" in result.stdout + result.stderr
-    assert len(finished_runs(tiny_study, "tiny")) == before
+    assert len(finished_runs(own_tiny_study, "tiny")) == before
 
 
 def test_eight_training_jobs_at_once_against_sqlite(tmp_path: Path) -> None:
@@ -93,7 +96,6 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> N
         workdir.mkdir()
         config = write_config(workdir, tiny_config(study="resume", train=recipe, data=data, ablations={}))
         if name == "killed":
-            env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
             process = subprocess.Popen(
                 [
                     SNAKEMAKE,
@@ -110,7 +112,7 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> N
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 text=True,
-                env=env,
+                env=workflow_env(workdir),
             )
             _kill_training_process(workdir)
             output = process.communicate(timeout=300)[0]

@@ -88,8 +88,12 @@ def archive_path(dataset: str, root: str | Path) -> Path:
 
 
 def download_cifar(dataset: str, root: str | Path) -> Path:
-    """Download the CIFAR archive once and verify its MD5; offline, say where to put it by hand."""
-    from torchvision.datasets.utils import check_integrity, download_url
+    """Download the CIFAR archive once and verify its MD5; offline, say where to put it by hand.
+
+    The download lands under a temporary name and takes the archive's name only once its MD5 matches, so a
+    corrupt or truncated download is deleted and never read.
+    """
+    from torchvision.datasets.utils import calculate_md5, check_integrity, download_url
 
     info = CIFAR_ARCHIVES[dataset]
     target = archive_path(dataset, root)
@@ -98,35 +102,75 @@ def download_cifar(dataset: str, root: str | Path) -> Path:
         return target
     if target.exists():
         raise DataError(f"{target} exists but its MD5 is not {info['md5']}: delete it and rerun.")
+    partial = target.with_name(target.name + ".part")
+    partial.unlink(missing_ok=True)  # left by a killed download; download_url would keep it
     try:
-        download_url(info["url"], str(target.parent), info["filename"], info["md5"])
+        download_url(info["url"], str(target.parent), partial.name)
     except Exception as exc:  # network errors come in many types; all mean the same to the user
+        partial.unlink(missing_ok=True)
         raise DataError(
             f"could not download {dataset} from {info['url']} ({exc}). Without internet, put the archive "
             f"{info['filename']} (md5 {info['md5']}) at {target} and rerun."
         ) from exc
-    if not check_integrity(str(target), info["md5"]):
-        raise DataError(f"downloaded {target} does not match md5 {info['md5']}; delete it and retry.")
+    actual = calculate_md5(str(partial))
+    if actual != info["md5"]:
+        partial.unlink()
+        raise DataError(
+            f"the download of {dataset} from {info['url']} has MD5 {actual}, not {info['md5']}: it was deleted "
+            f"unread. Rerun to download again, or put a verified {info['filename']} at {target}."
+        )
+    partial.replace(target)
     return target
 
 
 def read_cifar(dataset: str, root: str | Path) -> ArrayDataset:
-    """Extract (if needed) and read a verified CIFAR archive through torchvision."""
-    from torchvision import datasets
+    """Read the pickled batches of a verified CIFAR archive straight from the ``tar.gz`` (nothing is extracted).
 
-    cls = datasets.CIFAR10 if dataset == "cifar10" else datasets.CIFAR100
+    Only an archive whose MD5 matches the published one is unpickled. The batches are Python 2 pickles: loaded
+    with ``encoding="bytes"``, their keys and class names are bytes. Images are stored channel-planar (N x 3072:
+    all red, then green, then blue) and returned N x H x W x C.
+    """
+    import pickle
+    import tarfile
+
+    from torchvision.datasets.utils import check_integrity
+
+    info = CIFAR_ARCHIVES[dataset]
+    target = archive_path(dataset, root)
+    if not check_integrity(str(target), info["md5"]):
+        raise DataError(
+            f"{target} is missing or its MD5 is not {info['md5']}: run the download_data rule, or put the "
+            f"verified archive {info['filename']} there."
+        )
+    if dataset == "cifar10":
+        folder, train_parts, test_part = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch"
+        meta_part, labels_key, names_key = "batches.meta", b"labels", b"label_names"
+    else:
+        folder, train_parts, test_part = "cifar-100-python", ["train"], "test"
+        meta_part, labels_key, names_key = "meta", b"fine_labels", b"fine_label_names"
+    wanted = {f"{folder}/{part}" for part in [*train_parts, test_part, meta_part]}
+    parts: dict[str, dict[bytes, Any]] = {}
     try:
-        train = cls(str(root), train=True, download=True)
-        test = cls(str(root), train=False, download=True)
-    except Exception as exc:
-        raise DataError(f"could not read {dataset} from {root}: {exc}") from exc
-    return ArrayDataset(
-        train.data,
-        np.asarray(train.targets, dtype=np.int64),
-        test.data,
-        np.asarray(test.targets, dtype=np.int64),
-        list(train.classes),
-    )
+        with tarfile.open(target, "r:gz") as archive:
+            for member in archive:
+                if member.name in wanted:
+                    with archive.extractfile(member) as handle:
+                        parts[member.name.rsplit("/", 1)[1]] = pickle.load(handle, encoding="bytes")
+    except (OSError, tarfile.TarError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(f"could not read {dataset} from {target}: {exc}") from exc
+    missing = sorted(f"{folder}/{part}" for part in [*train_parts, test_part, meta_part] if part not in parts)
+    if missing:
+        raise DataError(f"{target} lacks {missing}: not a {dataset} archive")
+
+    def images_and_labels(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        pixels = np.concatenate([np.asarray(parts[name][b"data"], dtype=np.uint8) for name in names])
+        labels = np.concatenate([np.asarray(parts[name][labels_key], dtype=np.int64) for name in names])
+        return pixels.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+    x_train, y_train = images_and_labels(train_parts)
+    x_test, y_test = images_and_labels([test_part])
+    classes = [name.decode() for name in parts[meta_part][names_key]]
+    return ArrayDataset(x_train, y_train, x_test, y_test, classes)
 
 
 def read_npz(path: str | Path) -> ArrayDataset:
