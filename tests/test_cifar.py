@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from cnnablate import data
-from cnnablate.data import DataError, download_cifar, prepare_dataset, read_cifar
+from cnnablate.data import ArrayDataset, DataError, download_cifar, prepare_dataset, read_cifar, split_validation
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_CLASSES = [f"class{i:02d}" for i in range(100)]
@@ -149,8 +149,14 @@ def test_an_official_layout_archive_reads_exact_pixels_labels_and_classes(tmp_pa
     stored = planar(built.x_train)[0]
     assert loaded.x_train[0, 1, 2].tolist() == [stored[32 + 2], stored[1024 + 32 + 2], stored[2048 + 32 + 2]]
 
-    prepared = prepare_dataset({"dataset": dataset, "root": str(root), "seed": 0})
-    np.testing.assert_array_equal(prepared.x_train, built.x_train)
+    prepared = prepare_dataset({"dataset": dataset, "root": str(root), "seed": 0, "validation": 0.1})
+    expected = split_validation(
+        ArrayDataset(built.x_train, built.y_train, built.x_test, built.y_test, built.classes), 0.1, seed=2
+    )
+    np.testing.assert_array_equal(prepared.x_train, expected.x_train)
+    np.testing.assert_array_equal(prepared.x_val, expected.x_val)
+    np.testing.assert_array_equal(prepared.y_val, expected.y_val)
+    assert len(prepared.y_val) == round(0.1 * len(built.y_train))
     np.testing.assert_array_equal(prepared.y_test, built.y_test)
     assert prepared.classes == built.classes
 
@@ -174,7 +180,7 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_deleted_unread(tmp_pa
 
     monkeypatch.setattr(tarfile, "open", never)
     with pytest.raises(DataError, match="missing or its MD5 is not"):
-        prepare_dataset({"dataset": "cifar10", "root": str(root), "seed": 0})
+        prepare_dataset({"dataset": "cifar10", "root": str(root), "seed": 0, "validation": 0.1})
 
 
 def test_an_archive_that_does_not_match_the_checksum_is_never_opened(tmp_path, monkeypatch) -> None:
