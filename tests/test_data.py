@@ -61,6 +61,7 @@ def test_prepare_applies_train_and_test_size_then_holds_out_a_stratified_validat
             "num_classes": 10,
             "pattern_size": 5,
             "contrast": 0.5,
+            "pattern_copies": 1,
         },
     }
     dataset = prepare_dataset(config)

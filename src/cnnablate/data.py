@@ -218,9 +218,10 @@ def synthetic_patterns(num_classes: int, size: int, seed: int) -> np.ndarray:
 
 
 def _synthetic_split(
-    n: int, patterns: np.ndarray, contrast: float, rng: np.random.Generator, image_size: int = 32
+    n: int, patterns: np.ndarray, contrast: float, rng: np.random.Generator, copies: int = 1, image_size: int = 32
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cluttered backgrounds with one class pattern at a random position and two random distractors."""
+    """Cluttered backgrounds with ``copies`` stamps of the class pattern at random positions and two random
+    distractors."""
     import torch
     import torch.nn.functional as F
 
@@ -232,8 +233,8 @@ def _synthetic_split(
     background += rng.normal(0.0, 0.04, size=background.shape)
     gains = rng.uniform(0.6, 1.0, size=(n, 3, 1, 1)) * contrast
     distractors = rng.choice([-1.0, 1.0], size=(n, 2, p, p))
-    stamps = np.concatenate([patterns[labels][:, None], distractors], axis=1)  # n x 3 x p x p
-    positions = rng.integers(0, image_size - p + 1, size=(n, 3, 2))
+    stamps = np.concatenate([np.repeat(patterns[labels][:, None], copies, axis=1), distractors], axis=1)
+    positions = rng.integers(0, image_size - p + 1, size=(n, stamps.shape[1], 2))
     rows = np.arange(n)
     for k in range(stamps.shape[1]):
         for dy in range(p):
@@ -251,6 +252,7 @@ def make_synthetic(
     pattern_size: int = 5,
     contrast: float = 0.35,
     seed: int = 0,
+    copies: int = 1,
 ) -> ArrayDataset:
     """CIFAR-shaped images (32x32 RGB) whose class is a small local pattern at a random position.
 
@@ -258,8 +260,8 @@ def make_synthetic(
     sharing pay off, and no global colour or brightness statistic gives the class away.
     """
     patterns = synthetic_patterns(num_classes, pattern_size, seed)
-    x_train, y_train = _synthetic_split(train_size, patterns, contrast, np.random.default_rng([seed, 1]))
-    x_test, y_test = _synthetic_split(test_size, patterns, contrast, np.random.default_rng([seed, 2]))
+    x_train, y_train = _synthetic_split(train_size, patterns, contrast, np.random.default_rng([seed, 1]), copies)
+    x_test, y_test = _synthetic_split(test_size, patterns, contrast, np.random.default_rng([seed, 2]), copies)
     return ArrayDataset(x_train, y_train, x_test, y_test, [f"pattern{i}" for i in range(num_classes)])
 
 
@@ -316,6 +318,7 @@ def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
             syn["pattern_size"],
             syn["contrast"],
             data_cfg["seed"],
+            syn["pattern_copies"],
         )
     elif kind == "npz":
         full = read_npz(data_cfg["path"])
