@@ -129,6 +129,14 @@ def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_varia
 
 
 @pytest.mark.e2e
+def test_tuning_off_runs_no_tuning_job(tmp_path) -> None:
+    config = write_config(tmp_path, tiny_config(tune={"enabled": False}))
+    result = snakemake(tmp_path, config, "-n", "--quiet", "rules")
+    assert "tune" not in result.stdout and "tuning_table" not in result.stdout
+    assert "train" in result.stdout
+
+
+@pytest.mark.e2e
 def test_snakemake_rejects_bad_config_before_any_job(tmp_path) -> None:
     bad = write_config(tmp_path, _merge(tiny_config(), {"base": {"kernel_size": 4}}))
     result = snakemake(tmp_path, bad, "--cores", "1", check=False)
