@@ -84,8 +84,17 @@ def _gaussian_map(size: int, std: float) -> np.ndarray:
 
 def _measures(spec: dict, accuracy: float, seed: int) -> dict:
     if spec["arch"] == "fc":
-        return {"params": 1_700_000, "macs": 1_700_000, "flops": 3_400_000, "trf": None, "erf": None,
-                "erf_init": None, "erf_by_depth": [], "edge_match_init": None, "edge_match_trained": None}
+        return {
+            "params": 1_700_000,
+            "macs": 1_700_000,
+            "flops": 3_400_000,
+            "trf": None,
+            "erf": None,
+            "erf_init": None,
+            "erf_by_depth": [],
+            "edge_match_init": None,
+            "edge_match_trained": None,
+        }
     k, d = spec["kernel_size"], spec["dilation"]
     layers = 6
     trf = 1 + layers * d * (k - 1) * (1 if spec["pool"] == "none" else 2)
@@ -95,19 +104,37 @@ def _measures(spec: dict, accuracy: float, seed: int) -> dict:
     for depth in range(1, layers + 1):
         trf_depth = 1 + depth * d * (k - 1)
         ratio = 0.9 / np.sqrt(depth) if spec["kernel_size"] != 7 else 0.3 + 0.05 * depth  # k=7: grows with depth
-        rows.append({"depth": depth, "layer": f"features.{depth}", "trf_size": trf_depth,
-                     "erf_std_trained": ratio * trf_depth / 4, "erf_trf_ratio_trained": ratio + 0.01 * seed,
-                     "erf_std_init": ratio * trf_depth / 5, "erf_trf_ratio_init": 0.9 * ratio})
+        rows.append(
+            {
+                "depth": depth,
+                "layer": f"features.{depth}",
+                "trf_size": trf_depth,
+                "erf_std_trained": ratio * trf_depth / 4,
+                "erf_trf_ratio_trained": ratio + 0.01 * seed,
+                "erf_std_init": ratio * trf_depth / 5,
+                "erf_trf_ratio_init": 0.9 * ratio,
+            }
+        )
     macs = int(12.0e6 * k * k / 9 * (3 if spec["pool"] == "none" else 1))  # local: conv's geometry, conv's MACs
     return {
         "params": 100_000 * k * k // 9 * (40 if spec["arch"] == "local" else 1),
         "macs": macs,
         "flops": 2 * macs,
         "trf": {"size": [trf, trf], "stride": [4, 4]},
-        "erf": {"std": [std_trained, std_trained], "std_mean": std_trained, "erf_size": [2.5 * std_trained] * 2,
-                "erf_trf_ratio": 2.5 * std_trained / trf, "radius95": 2 * std_trained},
-        "erf_init": {"std": [std_init, std_init], "std_mean": std_init, "erf_size": [2.5 * std_init] * 2,
-                     "erf_trf_ratio": 2.5 * std_init / trf, "radius95": 2 * std_init},
+        "erf": {
+            "std": [std_trained, std_trained],
+            "std_mean": std_trained,
+            "erf_size": [2.5 * std_trained] * 2,
+            "erf_trf_ratio": 2.5 * std_trained / trf,
+            "radius95": 2 * std_trained,
+        },
+        "erf_init": {
+            "std": [std_init, std_init],
+            "std_mean": std_init,
+            "erf_size": [2.5 * std_init] * 2,
+            "erf_trf_ratio": 2.5 * std_init / trf,
+            "radius95": 2 * std_init,
+        },
         "erf_growth": std_trained / std_init,
         "erf_by_depth": rows,
         "edge_match_init": 0.4,
@@ -140,11 +167,20 @@ def _tuning(variant: str, accuracy: float, chosen: float) -> dict:
         distance = abs(np.log10(lr) - np.log10(chosen))
         diverged = lr >= 1.0 and variant != "norm-none"
         value = None if diverged else max(0.1, accuracy - 0.12 * distance)
-        grid.append({"lr": lr, "val_acc": value, "val_curve": [] if value is None else [0.1, value], "diverged": diverged})
+        grid.append(
+            {"lr": lr, "val_acc": value, "val_curve": [] if value is None else [0.1, value], "diverged": diverged}
+        )
     trained = variant != "norm-none"
-    return {"variant": variant, "metric": "val_acc", "chosen_lr": chosen, "trained": trained, "chance": 0.1,
-            "grid": grid, "rule": "highest validation accuracy after tune.epochs; did not train: not above chance "
-            "by a one-sided binomial test at p<0.01, or diverged"}
+    return {
+        "variant": variant,
+        "metric": "val_acc",
+        "chosen_lr": chosen,
+        "trained": trained,
+        "chance": 0.1,
+        "grid": grid,
+        "rule": "highest validation accuracy after tune.epochs; did not train: not above chance "
+        "by a one-sided binomial test at p<0.01, or diverged",
+    }
 
 
 def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
@@ -168,17 +204,39 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
         for seed in seeds:
             run = root / layout.run_dir(results, variant_id, seed)
             run.mkdir(parents=True, exist_ok=True)
-            accuracy = mean if dead else mean + SEED_OFFSET[seed] + 0.002 * ((index * 7 + seed * 3) % 5 - 2)
+            noise = np.random.default_rng(100 * index + seed).normal(0, 0.003)  # the variant's own seed-to-seed noise
+            accuracy = mean if dead else mean + SEED_OFFSET[seed] + noise
             diverged = variant_id == "pool-none" and seed == 2
-            metrics = {"study": study.name, "variant": variant_id, "seed": seed, "spec": variant.spec,
-                       "test_acc": None if diverged else accuracy, "test_loss": None if diverged else 2.3 * (1 - accuracy),
-                       "params": None, "epochs_completed": 8, "diverged": diverged, "train_seconds": 12.0 + seed,
-                       "images_per_second": 2000.0, "git_commit": "0123abc", "versions": {"torch": "2.13.0"}}
+            metrics = {
+                "study": study.name,
+                "variant": variant_id,
+                "seed": seed,
+                "spec": variant.spec,
+                "test_acc": None if diverged else accuracy,
+                "test_loss": None if diverged else 2.3 * (1 - accuracy),
+                "params": None,
+                "epochs_completed": 8,
+                "diverged": diverged,
+                "train_seconds": 12.0 + seed,
+                "images_per_second": 2000.0,
+                "git_commit": "0123abc",
+                "versions": {"torch": "2.13.0"},
+            }
             if interface:
-                metrics.update({"lr": chosen, "lr_source": "tuned", "val_acc": None if diverged else accuracy,
-                                "val_loss": None, "best_val_acc": accuracy, "steps": 8 * STEPS_PER_EPOCH,
-                                "stop_reason": "diverged" if diverged else "plateau",
-                                "trained": not (dead or diverged), "chance": 0.1, "validation_images": 200})
+                metrics.update(
+                    {
+                        "lr": chosen,
+                        "lr_source": "tuned",
+                        "val_acc": None if diverged else accuracy,
+                        "val_loss": None,
+                        "best_val_acc": accuracy,
+                        "steps": 8 * STEPS_PER_EPOCH,
+                        "stop_reason": "diverged" if diverged else "plateau",
+                        "trained": not (dead or diverged),
+                        "chance": 0.1,
+                        "validation_images": 200,
+                    }
+                )
             measures = _measures(variant.spec, accuracy, seed)
             metrics["params"] = measures["params"]
             (run / layout.METRICS).write_text(json.dumps(metrics))
@@ -202,7 +260,9 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
     figure, table = root / results / "figures/shift_robustness.png", root / results / "tables/shift_robustness.csv"
     figure.parent.mkdir(parents=True, exist_ok=True)
     table.parent.mkdir(parents=True, exist_ok=True)
-    shift_robustness_outputs([str(layout.analysis_file(Path(p).parent, "shift")) for p in fixture.metrics], figure, table)
+    shift_robustness_outputs(
+        [str(layout.analysis_file(Path(p).parent, "shift")) for p in fixture.metrics], figure, table
+    )
     fixture.analyses = {"measures": [], "shift": [str(figure), str(table)]}
     interpret = root / layout.run_dir(results, "base", seeds[0]) / layout.INTERPRET
     interpret.mkdir(parents=True, exist_ok=True)

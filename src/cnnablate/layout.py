@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 METRICS = "metrics.json"
 HISTORY = "history.csv"
@@ -54,7 +55,6 @@ def job_key(study: str, variant: str, seed: int | str) -> str:
     return f"{study}/{variant}/seed{seed}"
 
 
-def run_identity(path: str | Path) -> tuple[str, int]:
-    """(variant, seed) of the run a run file belongs to, read from that run's metrics.json, never from the path."""
-    metrics = json.loads(run_file(Path(path).parent, METRICS).read_text())
-    return metrics["variant"], int(metrics["seed"])
+def run_metrics(path: str | Path) -> dict[str, Any]:
+    """The metrics.json of the run a run file (or folder) belongs to: its identity is read, never parsed."""
+    return json.loads(run_file(Path(path).parent, METRICS).read_text())

@@ -73,9 +73,7 @@ def steps_to_reach(history: pd.DataFrame, target: float) -> tuple[float, float]:
     return float(first["step"]), float(first["elapsed_seconds"])
 
 
-def collect_results(
-    study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()
-) -> pd.DataFrame:
+def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run (the declared metrics.json files): axes, seed, accuracy, learning rate, steps, cost,
     receptive fields, training speed and every analysis."""
     memberships: dict[str, list[str]] = {}
@@ -199,7 +197,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
             dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
         )
         first = group.iloc[0]
-        trained = group["trained"].astype(bool)
+        trained = (group["trained"] if "trained" in group else ~group["diverged"].astype(bool)).astype(bool)
         rows.append(
             {
                 "variant": variant,
@@ -210,7 +208,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 "trained": bool(trained.all()) and bool(tuning.get(variant, {}).get("trained", True)),
                 "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
-                "lr_source": first["lr_source"],
+                "lr_source": first.get("lr_source"),
                 "test_acc_mean": mean,
                 "test_acc_ci_low": low,
                 "test_acc_ci_high": high,
@@ -221,7 +219,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 "paired_ci_low": paired_low,
                 "paired_ci_high": paired_high,
                 "paired_seeds": pairs,
-                "target_reached": int(group["steps_to_target"].notna().sum()),
+                "target_reached": int(group["steps_to_target"].notna().sum()) if "steps_to_target" in group else 0,
                 # every measured column, also one that is empty for all runs (an fc-only study has no ERF)
                 **{
                     f"{column}_mean": pd.to_numeric(group[column], errors="coerce").mean()

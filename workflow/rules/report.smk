@@ -40,12 +40,21 @@ rule interpret:
         "../scripts/interpret.py"
 
 
+def tuning_results(wildcards=None):
+    """The learning-rate search of every variant, when the study tunes (tune.enabled)."""
+    if not config.get("tune", {}).get("enabled"):
+        return []
+    return [layout.tuning_file(RESULTS, variant) for variant in STUDY.variants]
+
+
 rule report:
     input:
-        metrics=expand_runs(f"{RUN}/metrics.json"),
-        histories=expand_runs(f"{RUN}/history.csv"),
+        metrics=expand_runs(f"{RUN}/{layout.METRICS}"),
+        histories=expand_runs(f"{RUN}/{layout.HISTORY}"),
+        measures=expand_runs(f"{RUN}/{layout.MEASURES}"),
+        erf=expand_runs(f"{RUN}/{layout.ERF_TRAINED}") + expand_runs(f"{RUN}/{layout.ERF_INIT}"),
         analyses=analysis_outputs,
-        erf=expand_runs(f"{RUN}/erf_trained.npy") + expand_runs(f"{RUN}/erf_init.npy"),
+        tuning=tuning_results,
         interpret=interpret_targets,
     output:
         results=report(
@@ -64,7 +73,11 @@ rule report:
             caption="../report/figures.rst",
             category="Figures",
         ),
-        html=f"{REPORTS}/index.html",
+        html=report(
+            f"{REPORTS}/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -73,8 +86,6 @@ rule report:
     conda:
         ENV
     params:
-        study=STUDY.name,
-        results=lambda w, output: os.path.dirname(output.results),
         analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
         config=config,
     script:
