@@ -219,6 +219,8 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
                 "diverged": diverged,
                 "train_seconds": 12.0 + seed,
                 "images_per_second": 2000.0,
+                "num_classes": 10,
+                "test_images": 500,
                 "git_commit": "0123abc",
                 "versions": {"torch": "2.13.0"},
             }

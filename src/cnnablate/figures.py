@@ -177,7 +177,7 @@ def learning_curves_figure(
                 ax=ax,
                 legend=ax is axes[1],
             )
-    name = "validation" if split == "val" else "test (per-epoch, older run)"
+    name = "validation" if split == "val" else "test (older run)"
     axes[0].set_ylabel(f"{name} accuracy (%)")
     axes[1].set_ylabel(f"{name} cross-entropy")
     for ax in axes:

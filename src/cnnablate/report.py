@@ -30,7 +30,10 @@ from cnnablate.results import collect_results, read_tuning, summarize
 from cnnablate.tracking import numeric_items
 
 DID_NOT_TRAIN_RULE = "validation accuracy not above chance (one-sided binomial test, p < 0.01), or diverged"
-OLD_RUN_RULE = "diverged (runs from before the did-not-train rule record nothing else)"
+OLD_RUN_RULE = (
+    "diverged, or test accuracy not above chance (one-sided binomial test, p < 0.01; these runs predate the "
+    "validation split)"
+)
 VERSIONS = ("cnnablate", "torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake", "mlflow", "jinja2")
 
 

@@ -73,6 +73,17 @@ def steps_to_reach(history: pd.DataFrame, target: float) -> tuple[float, float]:
     return float(first["step"]), float(first["elapsed_seconds"])
 
 
+def above_chance(accuracy: float | None, images: int | None, classes: int | None, alpha: float = 0.01) -> bool:
+    """Whether an accuracy on ``images`` images is above chance (1/classes) by a one-sided binomial test.
+
+    The did-not-train rule of runs that predate it, applied to their test accuracy (they have no validation
+    split); without the counts it cannot be applied and only divergence counts."""
+    if accuracy is None or not images or not classes:
+        return accuracy is not None
+    correct = round(accuracy * images)
+    return bool(stats.binomtest(correct, images, 1 / classes, alternative="greater").pvalue < alpha)
+
+
 def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run (the declared metrics.json files): axes, seed, accuracy, learning rate, steps, cost,
     receptive fields, training speed and every analysis."""
@@ -92,8 +103,10 @@ def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses:
         }
         row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
         row.update({key: metrics.get(key) for key in RUN_FIELDS})
-        if row["trained"] is None:  # a run from before the did-not-train rule: diverged is all it records
-            row["trained"] = not metrics.get("diverged")
+        if row["trained"] is None:  # a run from before the did-not-train rule and the validation split
+            row["trained"] = not metrics.get("diverged") and above_chance(
+                metrics.get("test_acc"), metrics.get("test_images"), metrics.get("num_classes")
+            )
         measures = layout.run_file(run, layout.MEASURES)
         if measures.exists():
             row.update(_measure_columns(json.loads(measures.read_text())))
