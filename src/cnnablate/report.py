@@ -253,7 +253,8 @@ def depth_trend(depth: pd.DataFrame) -> str:
         if rises:
             text += f" and rises in {', '.join(rises)}"
         sentences.append(text)
-    return "; ".join(sentences).capitalize() + "."
+    text = "; ".join(sentences)
+    return text[0].upper() + text[1:] + "."
 
 
 def lr_caption(members: Sequence[str], searches: Mapping[str, Mapping[str, Any]]) -> str:
