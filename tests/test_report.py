@@ -207,7 +207,9 @@ def test_html_report_renders_every_section_without_broken_images(tiny_study: Pat
         "Reproduce",
     ):
         assert f">{section}</h2>" in text
-    assert re.search(r"<p>Best: \S+ at \d+\.\d% mean test accuracy\.", text) and "Only 2 seeds" in text
+    # two epochs on 256 images stay at chance: the verdict says so instead of ranking anything
+    assert "<p>Base did not train, so nothing is compared with it; did not train: pool-avg.</p>" in text
+    assert "Best:" not in text and "Only 2 seeds" in text
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed for this test (.ci/run installs it)"
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
