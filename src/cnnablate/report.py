@@ -146,8 +146,12 @@ def block_verdict(members: Sequence[str], summary: pd.DataFrame) -> list[str]:
     else:
         parts.append("base did not train, so nothing is compared with it")
         dead.remove("base")
-    if dead:
-        parts.append(f"did not train: {', '.join(dead)}")
+    never = [v for v in dead if not stats.loc[v, "trained_runs"]]
+    if never:
+        parts.append(f"did not train: {', '.join(never)}")
+    for variant in (v for v in dead if v not in never):
+        untrained = stats.loc[variant, "seeds"] - stats.loc[variant, "trained_runs"]
+        parts.append(f"did not train in {untrained} of {stats.loc[variant, 'seeds']} seeds: {variant}")
     if parts:
         sentence = "; ".join(parts)
         sentences.append(sentence[0].upper() + sentence[1:] + ".")

@@ -74,7 +74,17 @@ def interpret_targets(wildcards=None):
     """Interpretation figures for base and every variant the config names, first seed only."""
     variants = ["base", *(v for v in config["analysis"]["interpret"] if v != "base")]
     seed = config["seeds"][0]
-    return [f"{layout.run_dir(RESULTS, variant, seed)}/{layout.INTERPRET}" for variant in variants]
+    return [
+        f"{layout.run_dir(RESULTS, variant, seed)}/{layout.INTERPRET}"
+        for variant in variants
+    ]
+
+
+def tuning_results(wildcards=None):
+    """The learning-rate search of every variant, when the study tunes (tune.enabled)."""
+    if not config.get("tune", {}).get("enabled"):
+        return []
+    return [layout.tuning_file(RESULTS, variant) for variant in STUDY.variants]
 
 
 def dataset_archive(wildcards):

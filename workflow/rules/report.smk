@@ -40,19 +40,13 @@ rule interpret:
         "../scripts/interpret.py"
 
 
-def tuning_results(wildcards=None):
-    """The learning-rate search of every variant, when the study tunes (tune.enabled)."""
-    if not config.get("tune", {}).get("enabled"):
-        return []
-    return [layout.tuning_file(RESULTS, variant) for variant in STUDY.variants]
-
-
 rule report:
     input:
         metrics=expand_runs(f"{RUN}/{layout.METRICS}"),
         histories=expand_runs(f"{RUN}/{layout.HISTORY}"),
         measures=expand_runs(f"{RUN}/{layout.MEASURES}"),
-        erf=expand_runs(f"{RUN}/{layout.ERF_TRAINED}") + expand_runs(f"{RUN}/{layout.ERF_INIT}"),
+        erf=expand_runs(f"{RUN}/{layout.ERF_TRAINED}")
+        + expand_runs(f"{RUN}/{layout.ERF_INIT}"),
         analyses=analysis_outputs,
         tuning=tuning_results,
         interpret=interpret_targets,
