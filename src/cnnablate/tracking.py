@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cnnablate import layout
-
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
@@ -194,7 +192,7 @@ def sync_analyses(
     synced: dict[str, Any] = {}
     for job_key, run_dir in runs:
         logger = job_run_logger(setup, job_key)
-        variant = layout.run_metrics(layout.run_file(run_dir, layout.METRICS))["variant"]
+        variant = job_key.split("/")[1]
         if ablation_tags and variant in ablation_tags:
             _retry(
                 lambda logger=logger, variant=variant: client.set_tag(logger.run_id, "ablation", ablation_tags[variant])
