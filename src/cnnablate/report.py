@@ -13,6 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -339,7 +340,7 @@ def erf_maps(results: pd.DataFrame, runs: Sequence[Path], seed: int) -> list[tup
     return maps
 
 
-def provenance(study: Study, results: pd.DataFrame, metrics_paths: Sequence[Path]) -> dict[str, str]:
+def provenance(study: Study, metrics_paths: Sequence[str | Path]) -> dict[str, str]:
     """Where the numbers come from: commits that trained the runs, config hash, versions, date."""
     commits, trained_with = set(), {}
     for path in metrics_paths:
@@ -365,6 +366,93 @@ def provenance(study: Study, results: pd.DataFrame, metrics_paths: Sequence[Path
 # ---------------------------------------------------------------------------------------------- the report
 
 
+@dataclass
+class StudyData:
+    """Everything the sections are drawn from: the tables, the searches and each run's folder."""
+
+    study: Study
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    searches: dict[str, dict[str, Any]]
+    runs: list[Path]
+    figures_dir: Path
+
+    @cached_property
+    def styles(self) -> dict[str, figures.Style]:
+        return figures.variant_styles(list(self.study.variants))
+
+
+def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block:
+    """Verdict, table rows and figures of one ablation block: accuracy per seed, LR search, learning curves."""
+    members, directory = data.study.ablation_variants(name), data.figures_dir
+    accuracy = figures.accuracy_figure(data.results, data.summary, members, name, directory / f"accuracy_{name}.png")
+    pictures = [
+        Picture.of(accuracy, f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval.")
+    ]
+    if any(v in data.searches for v in members):
+        path = figures.lr_sensitivity_figure(data.searches, members, data.styles, name, directory / f"lr_{name}.png")
+        pictures.append(Picture.of(path, lr_caption(members, data.searches)))
+    steps = data.summary.set_index("variant").loc[members, "steps_mean"].dropna()
+    caption = f"{name}: learning curves, mean over seeds, band = range over seeds."
+    if not steps.empty:
+        caption += " Steps trained (mean): " + ", ".join(f"{v} {s:.0f}" for v, s in steps.items()) + "."
+    curves = figures.learning_curves_figure(histories, members, data.styles, name, directory / f"curves_{name}.png")
+    pictures.append(Picture.of(curves, caption))
+    return Block(name, block_verdict(members, data.summary), table_rows(members, data.summary, data.results), pictures)
+
+
+def cost_pictures(data: StudyData) -> list[Picture]:
+    """Accuracy against cost, ERF against TRF, ERF/TRF by depth, ERF maps, fc against local against conv."""
+    summary, directory, styles = data.summary, data.figures_dir, data.styles
+    depth = erf_depth_table(data.results, data.runs)
+    seed = int(data.results["seed"].min())
+    rf_path, rf_caption = figures.rf_figure(summary, styles, directory / "trf_vs_erf.png")
+    pictures = [
+        Picture.of(figures.cost_figure(summary, styles, directory / "accuracy_vs_cost.png"), pareto_caption(summary)),
+        Picture.of(rf_path, rf_caption),
+        Picture.of(figures.erf_depth_figure(depth, styles, directory / "erf_by_depth.png"), depth_trend(depth)),
+        Picture.of(
+            figures.erf_grid_figure(erf_maps(data.results, data.runs, seed), seed, directory / "erf_maps.png"),
+            "ERF maps (log10 of the gradient relative to its peak, one colour scale): variants across, "
+            "at initialisation above, trained below.",
+        ),
+    ]
+    if summary["variant"].isin(["arch-fc", "arch-local"]).any():
+        path = figures.fc_vs_conv_figure(summary, directory / "fc_vs_conv.png")
+        pictures.append(Picture.of(path, fc_vs_conv_caption(summary)))
+    return pictures
+
+
+def analysis_sections(data: StudyData, analyses: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
+    """Per registered analysis: the mean over seeds of its numbers, and its study-level figures and tables."""
+    sections = []
+    for name, outputs in analyses.items():
+        keys = numeric_items(_first_analysis(data.runs, name), "") if name != "measures" else {}
+        columns = [column for column in keys if column in data.results]
+        means = data.results.groupby("variant", sort=False)[columns].mean().reset_index()
+        sections.append(
+            {
+                "name": name,
+                "means": _table(means) if columns else None,
+                "pictures": [Picture.of(Path(p), f"{name}: {Path(p).stem}") for p in outputs if p.endswith(".png")],
+                "tables": [_table(pd.read_csv(p)) for p in outputs if p.endswith(".csv")],
+            }
+        )
+    return sections
+
+
+def learned_sections(interpret: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The interpretation figures of each interpreted run, named after the run's own metrics.json."""
+    sections = []
+    for directory in map(Path, interpret):
+        variant = layout.run_metrics(directory)["variant"]
+        pictures = [
+            Picture.of(png, f"{variant}: {png.stem.replace('_', ' ')}") for png in sorted(directory.glob("*.png"))
+        ]
+        sections.append({"variant": variant, "pictures": pictures})
+    return sections
+
+
 def build_report(
     study: Study,
     *,
@@ -380,113 +468,40 @@ def build_report(
     """Write results.csv, summary.csv, every figure and index.html from the report rule's declared inputs:
     every run's metrics.json (its other files sit next to it), the learning-rate searches, the interpretation
     folders and each analysis's study-level outputs."""
-    figures_dir, html_path = Path(figures_dir), Path(html_path)
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    runs = [Path(path).parent for path in metrics]
+    Path(figures_dir).mkdir(parents=True, exist_ok=True)
+    Path(html_path).parent.mkdir(parents=True, exist_ok=True)
     results = collect_results(study, metrics, analyses)
     searches = read_tuning(tuning)
     summary = summarize(results, searches)
     results.to_csv(results_csv, index=False)
     summary.to_csv(summary_csv, index=False)
-    styles = figures.variant_styles(list(study.variants))
+    runs = [Path(path).parent for path in metrics]
+    data = StudyData(study, results, summary, searches, runs, Path(figures_dir))
     histories = read_histories(results, runs)
-    seeds = sorted(results["seed"].unique())
-
-    blocks = []
-    for name in study.config.get("ablations", {}):
-        members = study.ablation_variants(name)
-        pictures = [
-            Picture.of(
-                figures.accuracy_figure(results, summary, members, name, figures_dir / f"accuracy_{name}.png"),
-                f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval.",
-            )
-        ]
-        if any(v in searches for v in members):
-            path = figures.lr_sensitivity_figure(searches, members, styles, name, figures_dir / f"lr_{name}.png")
-            pictures.append(Picture.of(path, lr_caption(members, searches)))
-        steps = summary.set_index("variant").loc[members, "steps_mean"]
-        pictures.append(
-            Picture.of(
-                figures.learning_curves_figure(histories, members, styles, name, figures_dir / f"curves_{name}.png"),
-                f"{name}: learning curves, mean over seeds, band = range over seeds."
-                + (
-                    " Steps trained (mean): "
-                    + ", ".join(f"{v} {s:.0f}" for v, s in steps.items() if not _missing(s))
-                    + "."
-                    if steps.notna().any()
-                    else ""
-                ),
-            )
-        )
-        blocks.append(Block(name, block_verdict(members, summary), table_rows(members, summary, results), pictures))
-
-    depth = erf_depth_table(results, runs)
-    rf_path, rf_caption = figures.rf_figure(summary, styles, figures_dir / "trf_vs_erf.png")
-    cost_pictures = [
-        Picture.of(figures.cost_figure(summary, styles, figures_dir / "accuracy_vs_cost.png"), pareto_caption(summary)),
-        Picture.of(rf_path, rf_caption),
-        Picture.of(figures.erf_depth_figure(depth, styles, figures_dir / "erf_by_depth.png"), depth_trend(depth)),
-        Picture.of(
-            figures.erf_grid_figure(erf_maps(results, runs, seeds[0]), seeds[0], figures_dir / "erf_maps.png"),
-            "ERF maps (log10 of the gradient relative to its peak, one colour scale): variants across, "
-            "at initialisation above, trained below.",
-        ),
-    ]
-    if summary["variant"].isin(["arch-fc", "arch-local"]).any():
-        cost_pictures.append(
-            Picture.of(figures.fc_vs_conv_figure(summary, figures_dir / "fc_vs_conv.png"), fc_vs_conv_caption(summary))
-        )
-
-    analysis_sections = []
-    for name, outputs in analyses.items():
-        columns = (
-            [c for c in numeric_items(_first_analysis(runs, name), "") if c in results] if name != "measures" else []
-        )
-        analysis_sections.append(
-            {
-                "name": name,
-                "means": _table(results.groupby("variant", sort=False)[columns].mean().reset_index())
-                if columns
-                else None,
-                "pictures": [Picture.of(Path(p), f"{name}: {Path(p).stem}") for p in outputs if p.endswith(".png")],
-                "tables": [_table(pd.read_csv(p)) for p in outputs if p.endswith(".csv")],
-            }
-        )
-    learned = [
-        {
-            "variant": layout.run_metrics(directory)["variant"],
-            "pictures": [
-                Picture.of(png, f"{layout.run_metrics(directory)['variant']}: {png.stem.replace('_', ' ')}")
-                for png in sorted(Path(directory).glob("*.png"))
-            ],
-        }
-        for directory in interpret
-    ]
-    n_diverged = int(results["diverged"].astype(bool).sum())
+    blocks = [ablation_block(data, name, histories) for name in study.config.get("ablations", {})]
     page = _template().render(
         study=study.name,
         dataset=study.config["data"]["dataset"],
         variants=len(study.variants),
-        seeds=len(seeds),
+        seeds=results["seed"].nunique(),
         runs=len(results),
-        diverged=n_diverged,
+        diverged=int(results["diverged"].astype(bool).sum()),
         not_trained=summary.loc[~summary["trained"], "variant"].tolist(),
         blocks=blocks,
         notes=method_notes(results, searches),
-        cost_pictures=cost_pictures,
-        analyses=analysis_sections,
-        learned=learned,
+        cost_pictures=cost_pictures(data),
+        analyses=analysis_sections(data, analyses),
+        learned=learned_sections(interpret),
         edge=_table(summary[["variant", "edge_match_init_mean", "edge_match_trained_mean"]].dropna()),
         summary_table=_table(summary),
         results_table=_table(results),
         config=yaml.safe_dump(study.config, sort_keys=False),
         reports_dir=layout.reports_dir(study.name),
         run_pattern=layout.run_dir(layout.results_dir(study.name), "<variant>", "<seed>"),
-        provenance=provenance(study, results, [Path(p) for p in metrics]),
+        provenance=provenance(study, metrics),
     )
-    html_path.write_text(page)
-    return {"runs": len(results), "diverged": n_diverged, "verdicts": {b.name: b.sentences for b in blocks}}
+    Path(html_path).write_text(page)
+    return {"runs": len(results), "verdicts": {block.name: block.sentences for block in blocks}}
 
 
 def _first_analysis(runs: Sequence[Path], analysis: str) -> dict[str, Any]:
