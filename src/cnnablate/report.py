@@ -72,7 +72,8 @@ def _points(value: float) -> str:
 
 
 def _signed(value: float) -> str:
-    return f"{value * 100:+.1f}".replace("-", "−")
+    text = f"{value * 100:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text.replace("-", "−")
 
 
 def _interval(diff: float, low: float, high: float) -> str:
