@@ -6,6 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
@@ -86,3 +87,18 @@ def test_erf_maps_are_a_compact_grid(tmp_path: Path) -> None:
     assert len({im.get_clim() for ax in images for im in ax.images}) == 1  # one colour scale
     top = max(ax.get_position().y1 for ax in images)
     assert top > 0.85  # no blank band above the maps
+
+
+@pytest.mark.parametrize(
+    ("interface", "reason"),
+    [(True, "constant predictor (one class for 100% of images)"), (False, "did not train")],
+    ids=["with-tuning", "older-runs"],
+)
+def test_shift_table_leaves_out_predictions_that_cannot_move(tmp_path: Path, interface: bool, reason: str) -> None:
+    fixture = write_study(tmp_path, interface=interface)
+    table = pd.read_csv(fixture.analyses["shift"][1]).set_index("variant")
+    consistency = [c for c in table.columns if c.startswith("consistency_")]
+    assert table.loc["norm-none", consistency].isna().all() and table.loc["base", consistency].notna().all()
+    assert table.loc["norm-none", "note"] == f"consistency not shown: {reason}"
+    assert table.loc["norm-none", "acc_0px (%)"] == pytest.approx(10.0)  # its accuracy stays: chance is a number
+    assert table.loc["pool-none", "note"] == "consistency without 1 of 3 seeds: did not train"

@@ -15,6 +15,7 @@ import seaborn as sns
 
 from cnnablate import layout
 from cnnablate.figures import LEGEND_BESIDE, NOT_TRAINED, save, variant_styles
+from cnnablate.results import run_trained
 
 CONSTANT = 0.99  # a run giving one class to this share of the unshifted test images is a constant predictor
 
@@ -24,7 +25,7 @@ def read_run_jsons(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for path in map(Path, paths):
         metrics = layout.run_metrics(path)
-        trained = metrics.get("trained", not metrics.get("diverged"))
+        trained = run_trained(metrics)
         rows.append(
             {"variant": metrics["variant"], "seed": metrics["seed"], "trained": trained, **json.loads(path.read_text())}
         )

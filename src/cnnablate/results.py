@@ -84,6 +84,16 @@ def above_chance(accuracy: float | None, images: int | None, classes: int | None
     return bool(stats.binomtest(correct, images, 1 / classes, alternative="greater").pvalue < alpha)
 
 
+def run_trained(metrics: Mapping[str, Any]) -> bool:
+    """A run's ``trained`` flag; for a run from before the did-not-train rule and the validation split: it did
+    not diverge and its test accuracy is above chance."""
+    if metrics.get("trained") is not None:
+        return bool(metrics["trained"])
+    return not metrics.get("diverged") and above_chance(
+        metrics.get("test_acc"), metrics.get("test_images"), metrics.get("num_classes")
+    )
+
+
 def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run (the declared metrics.json files): axes, seed, accuracy, learning rate, steps, cost,
     receptive fields, training speed and every analysis."""
@@ -103,10 +113,7 @@ def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses:
         }
         row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
         row.update({key: metrics.get(key) for key in RUN_FIELDS})
-        if row["trained"] is None:  # a run from before the did-not-train rule and the validation split
-            row["trained"] = not metrics.get("diverged") and above_chance(
-                metrics.get("test_acc"), metrics.get("test_images"), metrics.get("num_classes")
-            )
+        row["trained"] = run_trained(metrics)
         measures = layout.run_file(run, layout.MEASURES)
         if measures.exists():
             row.update(_measure_columns(json.loads(measures.read_text())))
