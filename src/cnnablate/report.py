@@ -163,16 +163,16 @@ def block_verdict(members: Sequence[str], summary: pd.DataFrame) -> list[str]:
 def _speed(row: pd.Series) -> str:
     if _missing(row.get("steps_to_target_mean")):
         return "–" if _missing(row.get("val_acc_mean")) else "not reached"
-    reached = f" ({row['target_reached']} of {row['seeds']} seeds)" if row["target_reached"] < row["seeds"] else ""
-    return f"{row['steps_to_target_mean']:.0f} steps, {row['seconds_to_target_mean']:.1f} s{reached}"
+    reached = f" ({row['target_reached']}/{row['seeds']})" if row["target_reached"] < row["seeds"] else ""
+    return f"{row['steps_to_target_mean']:.0f}, {row['seconds_to_target_mean']:.1f} s{reached}"
 
 
 def _state(row: pd.Series) -> str:
     if row["trained"]:
         return "yes"
     if row["trained_runs"] and row["trained_runs"] < row["seeds"]:
-        return f"{figures.NOT_TRAINED} ({row['seeds'] - row['trained_runs']} of {row['seeds']} seeds)"
-    return figures.NOT_TRAINED
+        return f"no ({row['seeds'] - row['trained_runs']}/{row['seeds']} seeds)"
+    return "no"
 
 
 def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> list[dict[str, str]]:
@@ -215,8 +215,9 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
     notes = [
         "Accuracy: mean test accuracy over seeds ± the half-width of its 95% Student-t interval (n − 1 degrees of "
         "freedom); the seeds column lists every seed's accuracy.",
-        "Δ vs base, paired: the mean of the per-seed differences (variant minus base trained with the same seed, "
-        "which fixes the data order and the augmentation stream), with a 95% t interval over those differences. "
+        "Δ vs base, paired (percentage points): the mean of the per-seed differences (variant minus base trained "
+        "with the same seed, which fixes the data order and the augmentation stream), with a 95% t interval over "
+        "those differences. "
         "The verdicts use this interval: a difference is called better or worse only when it excludes zero.",
         "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), shown for "
         "comparison; it ignores the pairing and is wider when seed-to-seed noise is shared.",
@@ -227,9 +228,10 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
         notes.append(f"Learning rate, per variant (from its tuning file): {rule}.")
     if "speed_target" in results.attrs and not _missing(results.attrs["speed_target"]):
         notes.append(
-            f"Speed: optimiser steps and seconds until the validation accuracy first reached "
+            f"Speed to target: optimiser steps and seconds until the validation accuracy first reached "
             f"{results.attrs['speed_fraction']:g} x base's final validation accuracy "
-            f"({results.attrs['speed_target'] * 100:.1f}%), mean over the seeds that reached it."
+            f"({results.attrs['speed_target'] * 100:.1f}%), "
+            "mean over the seeds that reached it (their count in brackets when not all did)."
         )
     if seeds == 2:
         notes.append(
