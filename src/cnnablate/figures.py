@@ -1,19 +1,396 @@
-"""Figures shared by rules and the report (matplotlib, headless)."""
+"""The study's figures (matplotlib, headless), drawn so that no two texts overlap.
+
+Variants are told apart by colour and marker, listed once in a legend beside the axes, never by labels
+next to points (they pile up where variants score alike). Every figure uses constrained layout, so titles,
+axis labels and legends get their own room.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+
+sns.set_theme(style="whitegrid", context="notebook")
+DPI = 110
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "*")
+NOT_TRAINED = "did not train"
+LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8, "borderaxespad": 0.0}
+
+
+@dataclass(frozen=True)
+class Style:
+    """How one variant looks in every figure."""
+
+    color: Any
+    marker: str
+
+
+def variant_styles(variants: Sequence[str]) -> dict[str, Style]:
+    """A fixed colour and marker per variant, the same in every figure of the report."""
+    colors = sns.color_palette("tab20", 20)
+    return {variant: Style(colors[index % 20], MARKERS[index % len(MARKERS)]) for index, variant in enumerate(variants)}
+
+
+def save(fig: plt.Figure, path: str | Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)
+
+
+def _tick_name(variant: str, trained: bool, diverged: int) -> str:
+    """A variant id on two lines at its underscores, with its state under it."""
+    name = variant.replace("_", "_\n")
+    if not trained:
+        name += f"\n({NOT_TRAINED})"
+    elif diverged:
+        name += f"\n({diverged} diverged)"
+    return name
+
+
+def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[str], block: str, path: Path) -> Path:
+    """Every seed's test accuracy next to the mean and its 95% interval; variants that did not train in grey."""
+    stats = summary.set_index("variant").loc[members]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.35 * len(members) + 1.5), 3.8), layout="constrained")
+    offsets = np.linspace(-0.18, 0.18, max(1, results["seed"].nunique()))
+    seeds = sorted(results["seed"].unique())
+    for position, variant in enumerate(members):
+        trained = bool(stats.loc[variant, "trained"])
+        runs = results[results["variant"] == variant].set_index("seed")["test_acc"].astype(float) * 100
+        ax.scatter(
+            [position - 0.25 + offsets[seeds.index(seed)] * 0.5 for seed in runs.index],
+            runs.to_numpy(),
+            s=22,
+            color="0.35" if trained else "0.7",
+            label="one seed",
+            zorder=3,
+        )
+        mean = stats.loc[variant, "test_acc_mean"] * 100
+        low, high = stats.loc[variant, "test_acc_ci_low"] * 100, stats.loc[variant, "test_acc_ci_high"] * 100
+        error = None if math.isnan(low) else [[mean - low], [high - mean]]
+        ax.errorbar(
+            [position + 0.15],
+            [mean],
+            yerr=error,
+            fmt="D",
+            color="C3" if trained else "0.6",
+            capsize=5,
+            markersize=6,
+            label="mean, 95% CI" if trained else f"mean ({NOT_TRAINED})",
+        )
+    ax.set_xticks(
+        range(len(members)),
+        [_tick_name(v, bool(stats.loc[v, "trained"]), int(stats.loc[v, "diverged"])) for v in members],
+        fontsize=8,
+    )
+    ax.set_xlim(-0.6, len(members) - 0.4)
+    ax.grid(axis="x", visible=False)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{block}: test accuracy, {len(seeds)} seeds", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), **LEGEND_BESIDE)
+    return save(fig, path)
+
+
+def lr_sensitivity_figure(
+    tuning: Mapping[str, Mapping[str, Any]], members: list[str], styles: Mapping[str, Style], block: str, path: Path
+) -> Path:
+    """Validation accuracy against learning rate (log axis), one line per variant, the chosen rate starred."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
+    chance = None
+    for variant in members:
+        search = tuning.get(variant)
+        if not search:
+            continue
+        chance = search.get("chance", chance)
+        grid = [point for point in search["grid"] if point["val_acc"] is not None]
+        style = styles[variant]
+        label = variant if search.get("trained", True) else f"{variant} ({NOT_TRAINED})"
+        ax.plot(
+            [p["lr"] for p in grid],
+            [p["val_acc"] * 100 for p in grid],
+            marker=style.marker,
+            color=style.color,
+            markersize=5,
+            label=label,
+            linestyle="-" if search.get("trained", True) else ":",
+        )
+        chosen = [p for p in grid if p["lr"] == search["chosen_lr"]]
+        if chosen:
+            ax.scatter(
+                [chosen[0]["lr"]],
+                [chosen[0]["val_acc"] * 100],
+                marker="*",
+                s=160,
+                color=style.color,
+                edgecolor="black",
+                zorder=4,
+            )
+        diverged = [p["lr"] for p in search["grid"] if p["diverged"]]
+        if diverged and chance is not None:
+            ax.scatter(diverged, [chance * 100] * len(diverged), marker="x", color=style.color, s=40, zorder=4)
+    if chance is not None:
+        ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label="chance (diverged: x)")
+    ax.scatter([], [], marker="*", s=120, color="0.5", edgecolor="black", label="chosen learning rate")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{block}: learning-rate search", fontsize=10)
+    ax.legend(**LEGEND_BESIDE)
+    return save(fig, path)
+
+
+def learning_curves_figure(
+    histories: pd.DataFrame, members: list[str], styles: Mapping[str, Style], block: str, path: Path
+) -> Path:
+    """Validation accuracy and loss against optimiser steps: mean over seeds, band = range over seeds.
+
+    Older runs have no validation columns: their per-epoch test columns are plotted and labelled as such."""
+    curves = histories[histories["variant"].isin(members)]
+    x = "step" if "step" in curves else "epoch"
+    split = "val" if "val_acc" in curves else "test"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
+    if not curves.empty:
+        curves = curves.assign(accuracy=curves[f"{split}_acc"].astype(float) * 100)
+        palette = {variant: styles[variant].color for variant in members}
+        for ax, column in zip(axes, ("accuracy", f"{split}_loss"), strict=True):
+            sns.lineplot(
+                data=curves,
+                x=x,
+                y=column,
+                hue="variant",
+                hue_order=members,
+                palette=palette,
+                errorbar=("pi", 100),
+                ax=ax,
+                legend=ax is axes[1],
+            )
+    name = "validation" if split == "val" else "test (older run)"
+    axes[0].set_ylabel(f"{name} accuracy (%)")
+    axes[1].set_ylabel(f"{name} cross-entropy")
+    for ax in axes:
+        ax.set_xlabel("optimiser step" if x == "step" else "epoch")
+    if axes[1].get_legend():
+        sns.move_legend(axes[1], **LEGEND_BESIDE)
+    fig.suptitle(f"{block}: learning curves (band: range over seeds)", fontsize=10)
+    return save(fig, path)
+
+
+def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
+    """Indices of points no other point beats on both lower cost and higher accuracy, by increasing cost."""
+    order = np.lexsort((-accuracy, cost))
+    front, best = [], -np.inf
+    for index in order:
+        if accuracy[index] > best:
+            front.append(index)
+            best = accuracy[index]
+    return np.asarray(front, dtype=int)
+
+
+def _log_axis(axis: Any, values: np.ndarray) -> None:
+    """Log scale with a few engineering-notation ticks (1, 2, 5 per decade on short ranges, no minor labels)."""
+    decades = math.log10(values.max() / values.min()) if values.min() > 0 else 0
+    subs = (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(ticker.EngFormatter(places=0, sep=" "))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def cost_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) -> Path:
+    """Accuracy against parameters and against MACs (log axes), Pareto front of the variants that trained."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained", sharey=True)
+    for ax, column, label in zip(axes, ("params_mean", "macs_mean"), ("parameters", "MACs per image"), strict=True):
+        data = summary.dropna(subset=[column, "test_acc_mean"])
+        for row in data.itertuples():
+            style = styles[row.variant]
+            ax.scatter(
+                getattr(row, column),
+                row.test_acc_mean * 100,
+                s=55,
+                marker=style.marker,
+                color=style.color if row.trained else "none",
+                edgecolor=style.color,
+                linewidth=1.5,
+                label=row.variant if row.trained else f"{row.variant} ({NOT_TRAINED})",
+            )
+        trained = data[data["trained"]]
+        cost, accuracy = trained[column].to_numpy(dtype=float), trained["test_acc_mean"].to_numpy() * 100
+        front = pareto_front(cost, accuracy)
+        ax.step(cost[front], accuracy[front], where="post", color="C3", lw=1.5, label="Pareto front")
+        ax.set_xscale("log")
+        if len(data):
+            _log_axis(ax.xaxis, data[column].to_numpy(dtype=float))
+        ax.set_xlabel(f"{label} (log scale)")
+        ax.set_title(f"Accuracy against {label}", fontsize=10)
+    axes[0].set_ylabel("test accuracy (%), mean over seeds")
+    axes[1].legend(**LEGEND_BESIDE)
+    return save(fig, path)
+
+
+def sqrt_law_std(trf: np.ndarray, kernel: int, dilation: int) -> np.ndarray:
+    """ERF std of a stride-1 stack of uniform k x k kernels with dilation d, as a function of its TRF.
+
+    n layers: TRF - 1 = n d (k - 1) and variance = n d^2 (k^2 - 1) / 12, so std = sqrt((TRF - 1) d (k + 1) / 12)."""
+    return np.sqrt(np.maximum(trf - 1, 0) * dilation * (kernel + 1) / 12)
+
+
+def rf_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) -> tuple[Path, str]:
+    """ERF std against TRF per variant (filled: trained, hollow: at initialisation), with the square-root law
+    of a uniform stride-1 stack for each kernel size and dilation shown; returns the figure and its caption."""
+    data = summary.dropna(subset=["trf_size_mean", "erf_std_trained_mean"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5), layout="constrained")
+    if data.empty:
+        ax.text(0.5, 0.5, "no variant with a spatial feature map", ha="center", transform=ax.transAxes)
+        return save(fig, path), "No variant has a spatial feature map."
+    for row in data.itertuples():
+        style = styles[row.variant]
+        ax.scatter(
+            row.trf_size_mean,
+            row.erf_std_trained_mean,
+            marker=style.marker,
+            color=style.color,
+            s=50,
+            label=row.variant if row.trained else f"{row.variant} ({NOT_TRAINED})",
+        )
+        ax.scatter(
+            row.trf_size_mean, row.erf_std_init_mean, marker=style.marker, color="none", edgecolor=style.color, s=50
+        )
+    trf = np.linspace(1, data["trf_size_mean"].max() * 1.05, 200)
+    laws = sorted({(int(k), int(d)) for k, d in zip(data["kernel_size"], data["dilation"], strict=True)})
+    dashes = ("--", "-.", (0, (6, 2)), (0, (3, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (8, 2, 2, 2)))
+    for (kernel, dilation), linestyle in zip(laws, dashes * 4, strict=False):
+        ax.plot(
+            trf,
+            sqrt_law_std(trf, kernel, dilation),
+            color="k",
+            linestyle=linestyle,
+            lw=1,
+            label=f"uniform {kernel}x{kernel}, dilation {dilation}, stride 1",
+        )
+    ax.plot(trf, trf / math.sqrt(12), color="0.6", lw=1, label="flat over the TRF (TRF/sqrt 12)")
+    ax.scatter([], [], marker="o", color="none", edgecolor="0.3", label="hollow: at initialisation")
+    ax.set_xlabel("theoretical receptive field (pixels)")
+    ax.set_ylabel("effective receptive field std (pixels)")
+    ax.set_title("Effective against theoretical receptive field", fontsize=10)
+    ax.legend(**LEGEND_BESIDE)
+    above = data[
+        data["erf_std_trained_mean"]
+        > sqrt_law_std(data["trf_size_mean"], data["kernel_size"].astype(int), data["dilation"].astype(int))
+    ]
+    law_names = [f"{k}x{k} dilation {d}" for k, d in laws]
+    grew = int((data["erf_std_trained_mean"] > data["erf_std_init_mean"]).sum())
+    strided = int((data.get("trf_stride_mean", pd.Series(1, index=data.index)) > 1).sum())
+    caption = (
+        "ERF std (filled: trained, hollow: at initialisation) against TRF. Lines: the square-root law of a "
+        f"stride-1 stack of uniform kernels, for each kernel size and dilation present ({', '.join(law_names)}). "
+        f"{strided} of {len(data)} variants downsample (TRF stride > 1), so for them the line is a reference, "
+        f"not a prediction. {len(above)} of {len(data)} variants lie above the line of their own kernel and "
+        f"dilation; training enlarged the ERF std in {grew} of {len(data)}."
+    )
+    return save(fig, path), caption
+
+
+def erf_depth_figure(depth: pd.DataFrame, styles: Mapping[str, Style], path: Path) -> Path:
+    """ERF/TRF ratio against depth, at initialisation and after training, one line per variant."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True, layout="constrained")
+    for ax, stage in zip(axes, ("init", "trained"), strict=True):
+        column = f"erf_trf_ratio_{stage}"
+        if not depth.empty and column in depth:
+            variants = list(dict.fromkeys(depth["variant"]))
+            sns.lineplot(
+                data=depth,
+                x="depth",
+                y=column,
+                hue="variant",
+                hue_order=variants,
+                palette={v: styles[v].color for v in variants},
+                marker="o",
+                errorbar=("pi", 100),
+                ax=ax,
+                legend=stage == "trained",
+            )
+        ax.set_xlabel("depth (convolution blocks from the input)")
+        ax.set_ylabel("ERF size / TRF size")
+        ax.set_title("at initialisation" if stage == "init" else "after training", fontsize=10)
+    if axes[1].get_legend():
+        sns.move_legend(axes[1], **LEGEND_BESIDE)
+    fig.suptitle("Effective over theoretical receptive field, block by block", fontsize=10)
+    return save(fig, path)
+
+
+def erf_grid_figure(maps: Sequence[tuple[str, np.ndarray, np.ndarray]], seed: int, path: Path) -> Path:
+    """ERF maps in a grid: variants across, initialisation and trained down, one colour scale for all."""
+    per_row = min(7, max(1, len(maps)))
+    groups = max(1, math.ceil(len(maps) / per_row))
+    fig, axes = plt.subplots(
+        2 * groups, per_row, figsize=(1.3 * per_row + 1.2, 2.6 * groups + 0.4), squeeze=False, layout="constrained"
+    )
+    image = None
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for index, (variant, init, trained) in enumerate(maps):
+        group, column = divmod(index, per_row)
+        for row, (erf, stage) in enumerate(((init, "init"), (trained, "trained"))):
+            ax = axes[2 * group + row, column]
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            image = ax.imshow(np.log10(erf / erf.max() + 1e-4), cmap="magma", vmin=-4, vmax=0)
+            if row == 0:
+                ax.set_title(variant.replace("_", "_\n"), fontsize=8)
+            if column == 0:
+                ax.set_ylabel(stage, fontsize=9)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="log10 relative gradient")
+    fig.suptitle(f"ERF maps, seed {seed}: initialisation (top) and trained (bottom)", fontsize=10)
+    return save(fig, path)
+
+
+ARCH_NAMES = {"fc": "fc\n(no prior)", "local": "local\n(locality)", "conv": "conv\n(locality +\nweight sharing)"}
+
+
+def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
+    """What locality and weight sharing buy: accuracy and parameters of fc, local and conv."""
+    data = summary[summary["variant"].isin(["base", "arch-fc", "arch-local", "arch-conv"])]  # arch alone differs
+    order = [a for a in ARCH_NAMES if a in set(data["arch"])]
+    data = data.set_index("arch").loc[order].reset_index()
+    names, colors = [ARCH_NAMES[a] for a in order], ["C0", "C1", "C2"][: len(order)]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")
+    error = np.nan_to_num(
+        [
+            (data["test_acc_mean"] - data["test_acc_ci_low"]) * 100,
+            (data["test_acc_ci_high"] - data["test_acc_mean"]) * 100,
+        ]
+    )
+    axes[0].bar(names, data["test_acc_mean"] * 100, yerr=error, color=colors, capsize=6)
+    axes[0].set_ylabel("test accuracy (%), mean and 95% CI")
+    axes[0].set_title("Accuracy", fontsize=10)
+    axes[1].bar(names, data["params_mean"], color=colors)
+    axes[1].set_yscale("log")
+    axes[1].set_ylabel("parameters (log scale)")
+    axes[1].set_title("Parameters", fontsize=10)
+    for ax in axes:
+        ax.tick_params(axis="x", labelsize=8)
+    fig.supxlabel("architecture: no prior, then locality, then locality and weight sharing", fontsize=9)
+    return save(fig, path)
 
 
 def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None, title: str, path: str | Path) -> None:
     """ERF heatmaps at initialisation and after training, side by side, on a shared log colour scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), layout="constrained")
+    image = None
     for ax, erf, label in zip(axes, (map_init, map_trained), ("at initialisation", "after training"), strict=True):
         if erf is None:
             ax.text(0.5, 0.5, "no spatial feature map", ha="center", va="center", transform=ax.transAxes)
@@ -22,8 +399,9 @@ def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None,
             image = ax.imshow(np.log10(erf / erf.max() + 1e-4), cmap="magma", vmin=-4, vmax=0)
             ax.set_xlabel("input x (pixels)")
             ax.set_ylabel("input y (pixels)")
-            fig.colorbar(image, ax=ax, shrink=0.8, label="log10 relative gradient")
-        ax.set_title(f"ERF {label}")
-    fig.suptitle(f"Effective receptive field: {title}")
-    fig.savefig(path, dpi=110)
+        ax.set_title(f"ERF {label}", fontsize=10)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="log10 relative gradient")
+    fig.suptitle(f"Effective receptive field: {title}", fontsize=10)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)

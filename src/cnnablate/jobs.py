@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cnnablate import layout
+
 SERVER_ENV = "CNNABLATE_JOB_SERVER"
 
 
@@ -205,7 +207,7 @@ def mlflow_sync_job(job: Job) -> None:
     runs = []
     for metrics_path in job.input.metrics:
         metrics = json.loads(Path(metrics_path).read_text())
-        runs.append((f"{metrics['study']}/{metrics['variant']}/seed{metrics['seed']}", Path(metrics_path).parent))
+        runs.append((layout.job_key(metrics["study"], metrics["variant"], metrics["seed"]), Path(metrics_path).parent))
     synced = sync_analyses(read_setup(job.input.tracking), runs, job.params.analyses, dict(job.params.ablations))
     Path(job.output[0]).write_text(json.dumps(synced, indent=2) + "\n")
 
@@ -215,14 +217,15 @@ def report_job(job: Job) -> None:
     from cnnablate.report import build_report
 
     build_report(
-        study=Study.from_config(dict(job.params.config)),
-        results_dir=job.params.results,
-        figures_dir=job.output.figures,
-        html_path=job.output.html,
+        Study.from_config(dict(job.params.config)),
+        metrics=list(job.input.metrics),
+        tuning=list(job.input.tuning),
+        interpret=list(job.input.interpret),
         analyses=dict(job.params.analyses),
         results_csv=job.output.results,
         summary_csv=job.output.summary,
-        interpret_dirs=list(job.input.interpret),
+        figures_dir=job.output.figures,
+        html_path=job.output.html,
     )
 
 

@@ -1,4 +1,9 @@
-"""Every run of a study as one table, and per-variant means with 95% confidence intervals (pandas)."""
+"""Every run of a study as one table, and per-variant means with 95% confidence intervals (pandas).
+
+A run is found from its declared ``metrics.json``; its other files sit next to it (``cnnablate.layout``).
+Fields that older runs lack (validation accuracy, chosen learning rate, ``trained``) come out empty, and
+``trained`` falls back to "did not diverge".
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,29 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from cnnablate import layout
 from cnnablate.config import Study, model_axes
 from cnnablate.tracking import numeric_items
+
+RUN_FIELDS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "best_val_acc",
+    "params",
+    "lr",
+    "lr_source",
+    "steps",
+    "stop_reason",
+    "epochs_completed",
+    "diverged",
+    "trained",
+    "chance",
+    "train_seconds",
+    "images_per_second",
+)
+TEXT_COLUMNS = ("study", "variant", "ablations", "lr_source", "stop_reason")
 
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,58 +61,106 @@ def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def collect_results(study: Study, results_dir: str | Path, analyses: Iterable[str] = ()) -> pd.DataFrame:
-    """One row per (variant, seed): axes, seed, accuracy, cost, receptive fields and every analysis."""
-    results_dir = Path(results_dir)
+def steps_to_reach(history: pd.DataFrame, target: float) -> tuple[float, float]:
+    """Optimiser steps and seconds until validation accuracy first reaches ``target`` (NaN: never, or no data)."""
+    needed = {"step", "val_acc", "elapsed_seconds"}
+    if math.isnan(target) or not needed <= set(history.columns):
+        return math.nan, math.nan
+    reached = history[history["val_acc"].astype(float) >= target]
+    if reached.empty:
+        return math.nan, math.nan
+    first = reached.iloc[0]
+    return float(first["step"]), float(first["elapsed_seconds"])
+
+
+def above_chance(accuracy: float | None, images: int | None, classes: int | None, alpha: float = 0.01) -> bool:
+    """Whether an accuracy on ``images`` images is above chance (1/classes) by a one-sided binomial test.
+
+    The did-not-train rule of runs that predate it, applied to their test accuracy (they have no validation
+    split); without the counts it cannot be applied and only divergence counts."""
+    if accuracy is None or not images or not classes:
+        return accuracy is not None
+    correct = round(accuracy * images)
+    return bool(stats.binomtest(correct, images, 1 / classes, alternative="greater").pvalue < alpha)
+
+
+def run_trained(metrics: Mapping[str, Any]) -> bool:
+    """A run's ``trained`` flag; for a run from before the did-not-train rule and the validation split: it did
+    not diverge and its test accuracy is above chance."""
+    if metrics.get("trained") is not None:
+        return bool(metrics["trained"])
+    return not metrics.get("diverged") and above_chance(
+        metrics.get("test_acc"), metrics.get("test_images"), metrics.get("num_classes")
+    )
+
+
+def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
+    """One row per run (the declared metrics.json files): axes, seed, accuracy, learning rate, steps, cost,
+    receptive fields, training speed and every analysis."""
     memberships: dict[str, list[str]] = {}
     for ablation, variant in study.ablation_members():
         memberships.setdefault(variant, []).append(ablation)
     rows = []
-    for variant in study.variants.values():
-        for seed in study.config["seeds"]:
-            run_dir = results_dir / "runs" / variant.id / f"seed{seed}"
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            row: dict[str, Any] = {
-                "study": study.name,
-                "variant": variant.id,
-                "ablations": ",".join(memberships.get(variant.id, ["base"])),
-                "seed": seed,
-            }
-            row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
-            row.update(
-                {
-                    key: metrics.get(key)
-                    for key in (
-                        "test_acc",
-                        "test_loss",
-                        "params",
-                        "epochs_completed",
-                        "diverged",
-                        "train_seconds",
-                        "images_per_second",
-                    )
-                }
-            )
-            measures_path = run_dir / "measures.json"
-            if measures_path.exists():
-                row.update(_measure_columns(json.loads(measures_path.read_text())))
-            for analysis in analyses:
-                if analysis != "measures":
-                    row.update(numeric_items(json.loads((run_dir / f"{analysis}.json").read_text()), ""))
-            rows.append(row)
-    return pd.DataFrame(rows)
+    for path in map(Path, metrics_paths):
+        metrics = json.loads(path.read_text())
+        run = path.parent
+        variant = study.variants[metrics["variant"]]
+        row: dict[str, Any] = {
+            "study": study.name,
+            "variant": variant.id,
+            "ablations": ",".join(memberships.get(variant.id, ["base"])),
+            "seed": int(metrics["seed"]),
+        }
+        row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
+        row.update({key: metrics.get(key) for key in RUN_FIELDS})
+        row["trained"] = run_trained(metrics)
+        measures = layout.run_file(run, layout.MEASURES)
+        if measures.exists():
+            row.update(_measure_columns(json.loads(measures.read_text())))
+        for analysis in analyses:
+            if analysis != "measures":
+                row.update(numeric_items(json.loads(layout.analysis_file(run, analysis).read_text()), ""))
+        rows.append(row)
+    results = pd.DataFrame(rows)
+    return _with_training_speed(results, study, [Path(p).parent for p in metrics_paths])
+
+
+def _with_training_speed(results: pd.DataFrame, study: Study, runs: list[Path]) -> pd.DataFrame:
+    """Steps and seconds to ``analysis.speed_fraction`` x base's final validation accuracy (mean over seeds)."""
+    fraction = float(study.config.get("analysis", {}).get("speed_fraction", 0.9))
+    base_val = pd.to_numeric(results.loc[results["variant"] == "base", "val_acc"], errors="coerce").mean()
+    target = fraction * base_val
+    speeds = []
+    for run in runs:
+        history = layout.run_file(run, layout.HISTORY)
+        speeds.append(steps_to_reach(pd.read_csv(history), target) if history.exists() else (math.nan, math.nan))
+    results["steps_to_target"] = [steps for steps, _ in speeds]
+    results["seconds_to_target"] = [seconds for _, seconds in speeds]
+    results.attrs["speed_target"] = target
+    results.attrs["speed_fraction"] = fraction
+    return results
+
+
+def read_tuning(paths: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """variant -> its learning-rate search (results/<study>/tuning/<variant>.json), from the declared files."""
+    found = {}
+    for path in map(Path, paths):
+        tuning = json.loads(path.read_text())
+        found[tuning["variant"]] = tuning
+    return found
 
 
 def _cell(value: Any) -> Any:
     return "x".join(map(str, value)) if isinstance(value, list) else value
 
 
-TEXT_COLUMNS = ("study", "variant", "ablations")
+def _finite(values: Iterable[float | None]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
 
 
 def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval; the interval is NaN with fewer than two values."""
-    data = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    data = _finite(values)
     if data.size == 0:
         return math.nan, math.nan, math.nan
     mean = float(data.mean())
@@ -98,8 +172,7 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[fl
 
 def difference_interval(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """Difference of means a - b with a Welch t interval (unequal variances); NaN interval if n < 2."""
-    x = np.asarray([v for v in a if v is not None and not math.isnan(v)], dtype=float)
-    y = np.asarray([v for v in b if v is not None and not math.isnan(v)], dtype=float)
+    x, y = _finite(a), _finite(b)
     if x.size == 0 or y.size == 0:
         return math.nan, math.nan, math.nan
     diff = float(x.mean() - y.mean())
@@ -114,33 +187,64 @@ def difference_interval(a: Iterable[float], b: Iterable[float], confidence: floa
     return diff, diff - half, diff + half
 
 
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per variant: accuracy mean and 95% CI over seeds, and its difference to base with its CI."""
-    base_acc = results.loc[results["variant"] == "base", "test_acc"].astype(float)
+def paired_difference_interval(
+    a: Mapping[int, float | None], b: Mapping[int, float | None], confidence: float = 0.95
+) -> tuple[float, float, float, int]:
+    """Mean of the per-seed differences a[seed] - b[seed] with its t interval, and the number of pairs.
+
+    Seeds share data order and augmentation stream, so seed-to-seed noise common to both cancels."""
+    pairs = [
+        a[seed] - b[seed]
+        for seed in a
+        if seed in b and a[seed] is not None and b[seed] is not None and not math.isnan(a[seed] - b[seed])
+    ]
+    return (*mean_interval(pairs, confidence), len(pairs))
+
+
+def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """One row per variant: accuracy mean and 95% CI over seeds; its difference to base, unpaired (Welch) and
+    paired by seed, each with its CI; whether it trained (every seed, and its learning-rate search); means of
+    every other number."""
+    tuning = tuning or {}
+    base = results[results["variant"] == "base"]
+    base_by_seed = dict(zip(base["seed"], base["test_acc"].astype(float), strict=True))
     rows = []
     for variant, group in results.groupby("variant", sort=False):
         accuracy = group["test_acc"].astype(float)
         mean, low, high = mean_interval(accuracy)
-        diff, diff_low, diff_high = difference_interval(accuracy, base_acc)
+        diff, diff_low, diff_high = difference_interval(accuracy, base["test_acc"].astype(float))
+        paired, paired_low, paired_high, pairs = paired_difference_interval(
+            dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
+        )
         first = group.iloc[0]
+        trained = (group["trained"] if "trained" in group else ~group["diverged"].astype(bool)).astype(bool)
         rows.append(
             {
                 "variant": variant,
                 "ablations": first["ablations"],
                 **{axis: first[axis] for axis in model_axes()},
                 "seeds": len(group),
+                "trained_runs": int(trained.sum()),
+                "trained": bool(trained.all()) and bool(tuning.get(variant, {}).get("trained", True)),
+                "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
+                "lr_source": first.get("lr_source"),
                 "test_acc_mean": mean,
                 "test_acc_ci_low": low,
                 "test_acc_ci_high": high,
                 "diff_vs_base": diff,
                 "diff_ci_low": diff_low,
                 "diff_ci_high": diff_high,
+                "paired_diff": paired,
+                "paired_ci_low": paired_low,
+                "paired_ci_high": paired_high,
+                "paired_seeds": pairs,
+                "target_reached": int(group["steps_to_target"].notna().sum()) if "steps_to_target" in group else 0,
                 # every measured column, also one that is empty for all runs (an fc-only study has no ERF)
                 **{
                     f"{column}_mean": pd.to_numeric(group[column], errors="coerce").mean()
                     for column in group.columns
-                    if column not in {*TEXT_COLUMNS, "seed", "test_acc", "diverged", *model_axes()}
+                    if column not in {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", *model_axes()}
                 },
             }
         )

@@ -44,10 +44,11 @@ def predict(
 def shift_robustness(
     model: nn.Module, data: DeviceDataset, shifts: Iterable[int], autocast: torch.dtype | None = None
 ) -> dict[str, float]:
-    """For each shift s: accuracy and the fraction of unchanged predictions, averaged over two directions."""
+    """For each shift s: accuracy and the fraction of unchanged predictions, averaged over two directions; and
+    the share of the most frequent predicted class (1.0: a constant predictor, whose predictions never change)."""
     model.eval()
     reference = predict(model, data, data.images, autocast)
-    results: dict[str, float] = {}
+    results: dict[str, float] = {"majority_class_fraction": torch.bincount(reference).max().item() / len(reference)}
     for shift in shifts:
         accs, same = [], []
         for dy, dx in DIRECTIONS if shift else ((0, 0),):

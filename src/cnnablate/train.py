@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnablate import __version__
+from cnnablate import __version__, layout
 from cnnablate.agc import adaptive_clip_grad_
 from cnnablate.config import flatten
 from cnnablate.data import ArrayDataset, load_prepared
@@ -78,7 +78,7 @@ class TrainJob:
 
     @property
     def job_key(self) -> str:
-        return f"{self.study}/{self.variant}/seed{self.seed}"
+        return layout.job_key(self.study, self.variant, self.seed)
 
     def fingerprint(self) -> str:
         """Identifies what a checkpoint was trained for; a changed spec or recipe never resumes from it."""

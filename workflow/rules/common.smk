@@ -1,6 +1,7 @@
 # Turns the validated config into the study's variants, paths and list of targets.
 import os
 
+from cnnablate import layout
 from cnnablate.config import Study, validate_config
 from cnnablate.jobserver import JobServer
 
@@ -9,9 +10,9 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 config.update(validate_config(config))  # fails here, before any job, naming the bad key
 STUDY = Study.from_config(config)
-RESULTS = f"results/{STUDY.name}"
-REPORTS = f"reports/{STUDY.name}"
-RUN = f"results/{STUDY.name}/runs/{{variant}}/seed{{seed}}"
+RESULTS = layout.results_dir(STUDY.name)
+REPORTS = layout.reports_dir(STUDY.name)
+RUN = layout.run_dir(RESULTS, "{variant}", "{seed}")
 LOGS = f"results/{STUDY.name}/logs"
 BENCHMARKS = f"results/{STUDY.name}/benchmarks"
 ENV = "../../environment.yml"
@@ -63,7 +64,7 @@ def analysis_outputs(wildcards=None):
 def tuning_input(wildcards):
     """The variant's tuning result when tuning is on (its chosen learning rate); nothing when it is off."""
     if config["tune"]["enabled"]:
-        return {"tuning": f"{RESULTS}/tuning/{wildcards.variant}.json"}
+        return {"tuning": layout.tuning_file(RESULTS, wildcards.variant)}
     return {}
 
 
@@ -85,7 +86,17 @@ def interpret_targets(wildcards=None):
     """Interpretation figures for base and every variant the config names, first seed only."""
     variants = ["base", *(v for v in config["analysis"]["interpret"] if v != "base")]
     seed = config["seeds"][0]
-    return [f"{RESULTS}/runs/{variant}/seed{seed}/interpret" for variant in variants]
+    return [
+        f"{layout.run_dir(RESULTS, variant, seed)}/{layout.INTERPRET}"
+        for variant in variants
+    ]
+
+
+def tuning_results(wildcards=None):
+    """The learning-rate search of every variant, when the study tunes (tune.enabled)."""
+    if not config["tune"]["enabled"]:
+        return []
+    return [layout.tuning_file(RESULTS, variant) for variant in STUDY.variants]
 
 
 def dataset_archive(wildcards):

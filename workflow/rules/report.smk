@@ -42,10 +42,13 @@ rule interpret:
 
 rule report:
     input:
-        metrics=expand_runs(f"{RUN}/metrics.json"),
-        histories=expand_runs(f"{RUN}/history.csv"),
+        metrics=expand_runs(f"{RUN}/{layout.METRICS}"),
+        histories=expand_runs(f"{RUN}/{layout.HISTORY}"),
+        measures=expand_runs(f"{RUN}/{layout.MEASURES}"),
+        erf=expand_runs(f"{RUN}/{layout.ERF_TRAINED}")
+        + expand_runs(f"{RUN}/{layout.ERF_INIT}"),
         analyses=analysis_outputs,
-        erf=expand_runs(f"{RUN}/erf_trained.npy") + expand_runs(f"{RUN}/erf_init.npy"),
+        tuning=tuning_results,
         interpret=interpret_targets,
     output:
         results=report(
@@ -64,7 +67,11 @@ rule report:
             caption="../report/figures.rst",
             category="Figures",
         ),
-        html=f"{REPORTS}/index.html",
+        html=report(
+            f"{REPORTS}/index.html",
+            caption="../report/index.rst",
+            category="Report",
+        ),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -73,8 +80,6 @@ rule report:
     conda:
         ENV
     params:
-        study=STUDY.name,
-        results=lambda w, output: os.path.dirname(output.results),
         analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
         config=config,
     script:

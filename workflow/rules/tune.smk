@@ -7,7 +7,7 @@ rule tune:
         data=f"{RESULTS}/data/dataset.npz",
         tracking=f"{RESULTS}/mlflow.json",
     output:
-        f"{RESULTS}/tuning/{{variant}}.json",
+        layout.tuning_file(RESULTS, "{variant}"),
     log:
         f"{LOGS}/tune/{{variant}}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule tune:
 
 rule tuning_table:
     input:
-        expand(f"{RESULTS}/tuning/{{variant}}.json", variant=STUDY.variants),
+        tuning_results,
     output:
         report(
             f"{RESULTS}/tuning.csv",
