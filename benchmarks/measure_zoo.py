@@ -67,20 +67,27 @@ def entries(names: list[str] | None = None) -> list[Entry]:
     return sorted(found.values(), key=lambda e: (e.gmacs, e.model))
 
 
+# torchvision's googlenet builder deletes the auxiliary classifiers (used only in training) after loading
+# weights unless aux_logits=True is asked for, so num_params excludes them; without weights they are built.
+# (inception_v3's builder keeps its auxiliary classifier, as the default build does.)
+WEIGHTS_BUILD_ARGUMENTS = {"googlenet": {"aux_logits": False}}
+
+
 def build(entry: Entry) -> nn.Module:
-    """The architecture of ``entry.weights``, randomly initialised.
+    """The architecture of ``entry.weights``, randomly initialised, as torchvision builds it for those weights.
 
     torchvision's builders construct models whose size is fixed at construction (ViT's ``image_size``,
     MaxViT's ``input_size``) for the weights' ``meta["min_size"]``; without weights the default is built,
     so the same argument is passed here when the model's class takes it.
     """
     torch.manual_seed(0)
-    model = torchvision.models.get_model(entry.model, weights=None)
+    arguments = WEIGHTS_BUILD_ARGUMENTS.get(entry.model, {})
+    model = torchvision.models.get_model(entry.model, weights=None, **arguments)
     height, width = entry.weights.meta["min_size"]
     accepted = inspect.signature(type(model)).parameters
     sizes = {key: value for key, value in (("image_size", height), ("input_size", (height, width))) if key in accepted}
     if sizes:
-        model = torchvision.models.get_model(entry.model, weights=None, **sizes)
+        model = torchvision.models.get_model(entry.model, weights=None, **arguments, **sizes)
     return model
 
 

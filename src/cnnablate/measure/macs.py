@@ -25,6 +25,10 @@ from torch.utils.flop_counter import FlopCounterMode
 InputSize = int | tuple[int, int] | tuple[int, int, int]
 
 
+class InputSizeError(ValueError):
+    """The model's forward pass failed on an input of the requested size (a model built for another size)."""
+
+
 def input_shape(input_size: InputSize) -> tuple[int, int, int]:
     """Normalise an input size to ``(C, H, W)``.
 
@@ -121,12 +125,18 @@ def count_flops(model: nn.Module, input_size: InputSize, device: torch.device | 
     BatchNorm, pooling, activations, softmax, bias additions and residual additions all count 0.
     Attention is counted unfused and with the CPU attention kernel's formula (see the module docstring).
     The model runs in eval mode under ``no_grad``; its training flags are restored afterwards.
+    Raises :class:`InputSizeError` if the forward pass fails.
     """
     with evaluation(model), placed(model, device) as (dev, dtype), torch.no_grad(), unfused_attention():
         x = torch.zeros((1, *input_shape(input_size)), device=dev, dtype=dtype)
         counter = FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_KERNELS)
-        with counter:
-            model(x)
+        try:
+            with counter:
+                model(x)
+        except Exception as error:  # whatever the model raises: shape assertions, size mismatches
+            raise InputSizeError(
+                f"the model failed on a {tuple(x.shape)} input: {type(error).__name__}: {error}"
+            ) from error
     return int(counter.get_total_flops())
 
 
