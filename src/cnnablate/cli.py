@@ -20,6 +20,12 @@ class TargetError(Exception):
     """A TARGET that cannot be measured; the message names the problem and what to try."""
 
 
+def _a(value: object) -> str:
+    """``an int``, ``a str``: the type of ``value`` with its article."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _import(module_name: str) -> ModuleType:
     try:
         return importlib.import_module(module_name)
@@ -46,7 +52,10 @@ def _factory(module: ModuleType, module_name: str, attribute: str) -> Callable[[
         )
         raise TargetError(f"module {module_name!r} has no attribute {attribute!r}; {hint}")
     if not callable(factory):
-        raise TargetError(f"{module_name}:{attribute} is a {type(factory).__name__}, not a model class or function")
+        raise TargetError(
+            f"{module_name}:{attribute} is not callable ({_a(factory)}); name a model class or a function that "
+            "builds the model"
+        )
     try:
         inspect.signature(factory).bind()
     except TypeError as error:
@@ -65,7 +74,7 @@ def load_target(target: str, config: Path | None, num_classes: int) -> tuple[nn.
         module_name, _, attribute = target.partition(":")
         model = _factory(_import(module_name), module_name, attribute)()
         if not isinstance(model, nn.Module):
-            raise TargetError(f"{target} returned a {type(model).__name__}, not a torch.nn.Module")
+            raise TargetError(f"{target} returned {_a(model)}, not a torch.nn.Module")
         return model, target
     if config is None:
         raise TargetError(f"{target!r} is not module:callable; give --config STUDY.yaml to measure a variant id")
