@@ -1003,15 +1003,15 @@ class _Propagator:
                     positions.append(kept.pop())  # otherwise reduced over or reshaped away: no longer followed
                 continue
             dims = {_match(state.dims, shape, out) for out in outputs}
-            merged = {_merged(state.dims, shape, out) for out in outputs}
             if len(dims) == 1 and None not in dims:
                 fields.append(replace(state, dims=dims.pop()))
             elif all(shape[d] == 1 for d in state.dims):
                 global_context = True  # a pooled map broadcast onto a larger one
-            elif reshape and len(merged) == 1 and None not in merged:
-                positions.append(merged.pop())
             elif reshape:
-                return _Undefined(f"{op.name}: {_op_name(op.target)} rearranges the spatial axes {tuple(shape)}")
+                merged = {_merged(state.dims, shape, out) for out in outputs}
+                if len(merged) != 1 or None in merged:
+                    return _Undefined(f"{op.name}: {_op_name(op.target)} rearranges the spatial axes {tuple(shape)}")
+                positions.append(merged.pop())
             elif not may_drop:
                 raise NotImplementedError(
                     f"{op.name} ({_op_name(op.target)}): cannot follow the spatial axes {tuple(shape)} -> "
@@ -1151,8 +1151,11 @@ def theoretical_rf(
     some axis, before global pooling / flatten), as in Araujo et al.'s tables; maps that are pointwise
     functions of the input pixels do not count, so a network without any spatial window (an MLP) raises
     ``ValueError``. ``layer`` selects another map by graph node name or module path (``"layer3"``).
-    All nodes are in ``result.layers``.
-    ``method`` picks the graph frontend: ``"fx"``, ``"hooks"`` or ``"auto"`` (fx, else hooks). The model
+    All nodes are in ``result.layers``. Whatever ``layer`` is, ``result.global_after`` says whether global
+    mixing (attention, a linear layer over positions) follows the model's last spatial map, and
+    ``result.undefined_after`` whether its field becomes undefined there (see the module docstring).
+    ``method`` picks the graph frontend: ``"fx"``, ``"hooks"`` or ``"auto"`` (fx, else hooks: when fx cannot
+    trace the model or hides an op applied to a spatial map inside a wrapped function). The model
     runs once on zeros, in eval mode, and its training flags are restored.
     """
     shape = input_shape(input_size)
