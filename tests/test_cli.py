@@ -42,6 +42,10 @@ def fixed_size() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))  # 32 x 32 inputs only
 
 
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+
+
 def not_a_model() -> int:
     return WIDTH
 """
@@ -71,6 +75,14 @@ def test_attention_model_is_reported_global_after_its_patch_embedding(
     assert main(["measure", f"{models}:tiny_vit", "--input-size", "16", "--json"]) == 0
     trf = json.loads(capsys.readouterr().out)["trf"]
     assert (trf["global_after"], trf["mixing"], trf["size"]) == ("patch", "MultiheadAttention at attn", [4, 4])
+
+
+def test_a_model_without_spatial_maps_has_no_receptive_field(models: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["measure", f"{models}:mlp", "--input-size", "8"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"{models}:mlp: 386 parameters, 384 MACs (768 FLOPs) at input [3, 8, 8]",
+        "theoretical receptive field: none, the model has no spatial feature map",
+    ]
 
 
 ERRORS = {

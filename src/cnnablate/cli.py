@@ -109,8 +109,10 @@ def _print_human(result: dict[str, Any]) -> None:
         f"{result['target']}: {result['params']:,} parameters, {result['macs']:,} MACs "
         f"({result['flops']:,} FLOPs) at input {result['input_size']}"
     )
-    trf = result.get("trf")
-    if trf:
+    trf = result["trf"]
+    if trf is None:
+        print("theoretical receptive field: none, the model has no spatial feature map")
+    else:
         where = trf["module"] or trf["layer"]
         print(
             f"theoretical receptive field at {where}: size {trf['size']}, stride {trf['stride']}, "

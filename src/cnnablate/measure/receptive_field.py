@@ -71,6 +71,10 @@ Pair = tuple[int, int]
 # Public results
 
 
+class NoSpatialMapError(ValueError):
+    """The model has no spatial feature map (an MLP on flattened pixels): it has no receptive field to report."""
+
+
 @dataclass(frozen=True)
 class RFLayer:
     """Receptive field of the units of one graph node's output.
@@ -1067,7 +1071,7 @@ def _summarise(
         e for e in layers if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
     ]
     if not candidates:
-        raise ValueError("the model has no spatial feature map (a window applied, several units)")
+        raise NoSpatialMapError("the model has no spatial feature map (a window applied, several units)")
     last = candidates[-1]
     order = {op.name: i for i, op in enumerate(ops)}
     later = [op for op in ops if order[op.name] > order[last.name]]
