@@ -27,6 +27,7 @@ def _a(value: object) -> str:
 
 
 def _import(module_name: str) -> ModuleType:
+    """The module, or a TargetError telling a misspelt module from one whose own imports fail."""
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -41,8 +42,8 @@ def _import(module_name: str) -> ModuleType:
 
 
 def _factory(module: ModuleType, module_name: str, attribute: str) -> Callable[[], Any]:
-    factory = getattr(module, attribute, None)
-    if factory is None:
+    """The callable ``module_name:attribute``, checked to be callable without arguments before it runs."""
+    if not hasattr(module, attribute):
         names = [n for n in dir(module) if not n.startswith("_") and callable(getattr(module, n))]
         close = difflib.get_close_matches(attribute, names, n=3)
         hint = (
@@ -51,6 +52,7 @@ def _factory(module: ModuleType, module_name: str, attribute: str) -> Callable[[
             else (f"python -c 'import {module_name}; print(dir({module_name}))' lists what it has")
         )
         raise TargetError(f"module {module_name!r} has no attribute {attribute!r}; {hint}")
+    factory = getattr(module, attribute)
     if not callable(factory):
         raise TargetError(
             f"{module_name}:{attribute} is not callable ({_a(factory)}); name a model class or a function that "
