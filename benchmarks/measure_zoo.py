@@ -13,7 +13,7 @@ The theoretical receptive field is computed too (as the CLI does), so every mode
 get through the graph analysis. Prints a Markdown table and a summary line; ``--output`` also writes them
 to a Markdown page (``docs/measure_zoo.md``). Exit status 1 if any model disagrees.
 
-    python benchmarks/measure_zoo.py [--models vit_b_16 swin_t ...] [--output docs/measure_zoo.md]
+    OMP_NUM_THREADS=1 python benchmarks/measure_zoo.py [--models vit_b_16 swin_t ...] [--output docs/measure_zoo.md]
 """
 
 from __future__ import annotations
@@ -175,17 +175,20 @@ def main() -> int:
     line = summary(rows, time.perf_counter() - start)
     print(line)
     if args.output:
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        machine = f"{platform.machine()}, {threads} thread{'s' if threads != 1 else ''}"
         args.output.write_text(
             "# Counters against torchvision's published costs\n\n"
-            "Written by `python benchmarks/measure_zoo.py --output docs/measure_zoo.md` "
-            f"(torch {torch.__version__}, torchvision {torchvision.__version__}, CPU: {machine}).\n"
+            "Written by `OMP_NUM_THREADS=1 python benchmarks/measure_zoo.py --output docs/measure_zoo.md` "
+            f"(torch {torch.__version__}, torchvision {torchvision.__version__}, CPU: {machine}; on a busy\n"
+            "2-core machine two threads per process ran several times slower than one).\n"
             "Every torchvision classification model whose weights publish `num_params` and `_ops`, each weights\n"
             "entry with a distinct cost, built with `weights=None` and measured as `cnnablate measure` does at\n"
             "the weights' crop size. Parameters must equal `num_params`; MACs (FLOPs / 2) must agree with `_ops`\n"
             "(GMACs, rounded by torchvision to 3 decimals) within 0.5%. The last columns give the theoretical\n"
             "receptive field at the last spatial map, whether global mixing (attention, a linear layer over\n"
-            "positions) follows it, and the seconds this row took.\n\n"
+            "positions) follows it, and the seconds this row took. Swin and MaxViT split the map into windows;\n"
+            'their field has no (size, stride, padding) description past that split ("undefined after it").\n\n'
             f"**{line}**\n\n" + HEADER + "\n" + "\n".join(row.markdown() for row in rows) + "\n"
         )
     return 0 if all(r.params_exact and r.macs_agree for r in rows) else 1
