@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnablate.measure import count_flops, count_macs, count_params, input_shape
@@ -60,3 +61,36 @@ def test_input_shape_conventions() -> None:
 def test_float64_models_are_measured_in_float64() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3)).double()
     assert count_macs(model, (1, 5, 5)) == 2 * 3 * 3 * 9
+
+
+class PatchAttention(nn.Module):
+    """A 4x4/4 patch embedding (16 tokens of width 8 at 16x16) and one attention layer over the tokens."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.patch = nn.Conv2d(3, 8, 4, stride=4)  # 16 positions x 8 channels x 48 MACs
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        if not self.functional:
+            return self.attn(x, x, x, need_weights=False)[0]
+        heads = x.view(1, 16, 2, 4).transpose(1, 2)  # 2 heads of width 4, no projections
+        return F.scaled_dot_product_attention(heads, heads, heads)
+
+
+PATCH_MACS = 16 * 8 * 48
+PRODUCT_MACS = 2 * 16 * 16 * 4 * 2  # QK^T and AV: heads x L x S x (E + Ev), E = Ev = 4 per head
+PROJECTION_MACS = 3 * 16 * 8 * 8 + 16 * 8 * 8  # q, k, v and output projections of 16 tokens
+
+
+def test_attention_products_are_counted() -> None:
+    assert count_macs(PatchAttention(functional=True), 16) == PATCH_MACS + PRODUCT_MACS
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_multihead_attention_is_counted_without_the_fused_fast_path(training: bool) -> None:
+    model = PatchAttention(functional=False).train(training)
+    assert count_macs(model, 16) == PATCH_MACS + PROJECTION_MACS + PRODUCT_MACS
+    assert torch.backends.mha.get_fastpath_enabled()  # switched back on for everything else

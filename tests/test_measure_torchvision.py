@@ -37,6 +37,19 @@ WEIGHTS = {
     "vgg16": torchvision.models.VGG16_Weights.IMAGENET1K_V1,
     "alexnet": torchvision.models.AlexNet_Weights.IMAGENET1K_V1,
     "mobilenet_v2": torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1,
+    # One model of every other family (all of them: benchmarks/measure_zoo.py, table in docs/measure_zoo.md)
+    "mobilenet_v3_small": torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1,
+    "efficientnet_b0": torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1,
+    "mnasnet0_5": torchvision.models.MNASNet0_5_Weights.IMAGENET1K_V1,
+    "shufflenet_v2_x0_5": torchvision.models.ShuffleNet_V2_X0_5_Weights.IMAGENET1K_V1,
+    "squeezenet1_1": torchvision.models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
+    "regnet_y_400mf": torchvision.models.RegNet_Y_400MF_Weights.IMAGENET1K_V1,
+    "densenet121": torchvision.models.DenseNet121_Weights.IMAGENET1K_V1,
+    "convnext_tiny": torchvision.models.ConvNeXt_Tiny_Weights.IMAGENET1K_V1,
+    # attention: torchvision's MultiheadAttention (ViT), its own window attention (Swin), einsum (MaxViT)
+    "vit_b_32": torchvision.models.ViT_B_32_Weights.IMAGENET1K_V1,
+    "swin_t": torchvision.models.Swin_T_Weights.IMAGENET1K_V1,
+    "maxvit_t": torchvision.models.MaxVit_T_Weights.IMAGENET1K_V1,
 }
 
 ARAUJO_TABLE = {
@@ -103,6 +116,15 @@ def test_trf_of_torchvision_models(name: str) -> None:
     assert (result.size, result.stride, result.padding) == ((size,) * 2, (stride,) * 2, (padding,) * 2)
     assert result.module == module
     assert result.method == "fx"
+
+
+def test_what_follows_the_last_spatial_map() -> None:
+    vit = theoretical_rf(build("vit_b_32"), 224)
+    assert (vit.size, vit.stride, vit.module) == ((32, 32), (32, 32), "conv_proj")
+    assert vit.global_after == "conv_proj"  # every token attends to all 49 patches in the first layer
+    assert vit.mixing == "MultiheadAttention at encoder.layers.encoder_layer_0.self_attention"
+    assert theoretical_rf(build("resnet18"), 224).global_after is None  # global pooling, then one unit
+    assert theoretical_rf(build("alexnet"), 224).global_after == "avgpool"  # a linear layer over all 6x6
 
 
 def test_vgg16_layers_match_araujo_table() -> None:

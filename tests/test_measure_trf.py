@@ -163,6 +163,37 @@ def locally_connected(size: tuple[int, int]) -> nn.Sequential:
     return nn.Sequential(first, nn.ReLU(), LocallyConnected(4, 4, first.out_size, 3, 1, 1))  # (7, 2, 3)
 
 
+class ChannelsLastPad(nn.Module):
+    """``F.pad`` of a channels-last map: its pairs run from the last axis (channels) backwards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3)  # (3, 1, 0)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(self.conv1(x).permute(0, 2, 3, 1), (0, 0, 1, 2, 3, 0))  # width (1, 2), height (3, 0)
+        return self.conv2(x.permute(0, 3, 1, 2))  # (5, 2, 3) by (5, 2, 1)
+
+
+def smooth(x: torch.Tensor) -> torch.Tensor:
+    """A 3x3 average that torch.fx does not look into (as torchvision hides Swin's window attention)."""
+    return F.avg_pool2d(x, 3, stride=1, padding=1)
+
+
+torch.fx.wrap("smooth")
+
+
+class Wrapped(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)  # (3, 1, 1)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2)  # after smooth (5, 1, 2): (7, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(smooth(self.conv1(x)))
+
+
 # ----------------------------------------------------------------------------------------------------
 # Hand-derived values
 
@@ -248,6 +279,17 @@ def test_crop_keeps_alignment() -> None:
     result = theoretical_rf(CropResidual(), 32)
     assert rf(result) == sq(5, 1, 0)
     assert result.shape == (28, 28)
+
+
+def test_channels_last_padding() -> None:
+    assert rf(theoretical_rf(ChannelsLastPad(), 32)) == ((5, 5), (2, 2), (3, 1))
+
+
+def test_functions_hidden_from_fx_are_read_by_the_hook_frontend() -> None:
+    result = theoretical_rf(Wrapped(), 32)
+    assert (rf(result), result.method) == (sq(7, 2, 2), "hooks")
+    with pytest.raises(NotImplementedError, match="smooth is wrapped with torch"):
+        theoretical_rf(Wrapped(), 32, method="fx")
 
 
 def test_squeeze_excitation_is_flagged_not_counted() -> None:
@@ -352,6 +394,8 @@ SMALL_MODELS = {
     "crop": CropResidual,
     "dynamic": Dynamic,
     "locally_connected": lambda: locally_connected((41, 37)),
+    "channels_last_pad": ChannelsLastPad,
+    "wrapped": Wrapped,
 }
 
 

@@ -14,13 +14,21 @@ import torch
 from torch import nn
 
 from cnnablate.measure.erf import AREA_THRESHOLDS, ERFResult, effective_rf
-from cnnablate.measure.macs import InputSize, count_flops, count_macs, input_shape
+from cnnablate.measure.macs import InputSize, InputSizeError, count_flops, count_macs, input_shape
 from cnnablate.measure.params import count_params
-from cnnablate.measure.receptive_field import RFLayer, RFResult, positive_linear_copy, theoretical_rf
+from cnnablate.measure.receptive_field import (
+    NoSpatialMapError,
+    RFLayer,
+    RFResult,
+    positive_linear_copy,
+    theoretical_rf,
+)
 
 __all__ = [
     "AREA_THRESHOLDS",
     "ERFResult",
+    "InputSizeError",
+    "NoSpatialMapError",
     "RFLayer",
     "RFResult",
     "count_flops",
@@ -50,6 +58,8 @@ def measure_model(
 
     Keys: ``input_size`` ([C, H, W]), ``params``, ``macs``, ``flops`` (= 2 x macs), ``trf``
     (:meth:`RFResult.to_dict`) and ``erf`` (:meth:`ERFResult.to_dict`, or ``None`` unless ``erf``).
+    ``trf`` and ``erf`` are ``None`` for a model without a spatial feature map (an MLP on the pixels).
+    A model that fails on an input of ``input_size`` raises :class:`InputSizeError` before anything else runs.
     The ERF uses ``images`` if given (real test images for a trained model), else ``n_random`` random
     inputs of ``input_size`` seeded by ``seed``; it is measured at ``layer`` (default: the last spatial
     feature map, the TRF's layer). ``erf_map_path`` saves the normalised ERF map with ``np.save`` and is
@@ -62,9 +72,13 @@ def measure_model(
         "params": count_params(model),
         "macs": flops // 2,
         "flops": flops,
-        "trf": theoretical_rf(model, shape, layer, device=device).to_dict(),
+        "trf": None,
         "erf": None,
     }
+    try:
+        result["trf"] = theoretical_rf(model, shape, layer, device=device).to_dict()
+    except NoSpatialMapError:
+        return result
     if erf:
         measured = effective_rf(
             model,

@@ -31,12 +31,26 @@ Conventions (shared with Araujo et al.):
   unequal length have no ``(r, j, p)`` description; fields are undefined from there on.
 * A module from outside torch with ``nn.Conv2d``'s geometry attributes and no torch window layer inside
   (e.g. a locally connected layer built on ``unfold``) counts as one window with that geometry.
+
+Past the last spatial map. Vision transformers flatten the map into a sequence of positions (tokens) and
+then mix all positions at once. The analysis follows such a sequence axis (a reshape merging the two
+spatial axes, then permutes, concatenation of extra tokens, slices) and records *global mixing*: attention
+along it (``nn.MultiheadAttention`` and the other transformer / recurrent modules, ``scaled_dot_product_attention``,
+a matrix product contracting it), a linear map over it, or a pooled summary of it broadcast back onto it.
+After global mixing every unit depends on the whole input; the result says "global after <last spatial
+map>" (``RFResult.global_after``) and keeps that map's field. A map whose positions were rearranged in
+another way (split into windows) and merged back loses its ``(r, j, p)`` description
+(``RFResult.undefined_after`` says where and why). Under ``torch.fx`` a function wrapped with
+``torch.fx.wrap`` is opaque; applied to a spatial map it sends ``method="auto"`` to the hook frontend,
+which records the torch calls inside.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -55,6 +69,10 @@ Pair = tuple[int, int]
 
 # --------------------------------------------------------------------------------------------------
 # Public results
+
+
+class NoSpatialMapError(ValueError):
+    """The model has no spatial feature map (an MLP on flattened pixels): it has no receptive field to report."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,11 @@ class RFResult:
     ``layer`` is the graph node name (``torch.fx`` naming, e.g. ``layer4_1_relu_1``); ``module`` the
     outermost module whose output that node is (e.g. ``layer4``), if any. ``layers`` lists every node
     that has a spatial field, in execution order.
+
+    What follows the model's last spatial map: ``global_after`` names that map (module path, else node)
+    when global mixing follows it, so that every later unit sees the whole input, and ``mixing`` describes
+    the first mixing op (e.g. ``MultiheadAttention encoder.layers.encoder_layer_0.self_attention``);
+    ``undefined_after`` gives the reason when the field becomes undefined after it instead.
     """
 
     size: Pair
@@ -114,6 +137,9 @@ class RFResult:
     input_size: tuple[int, int, int]
     method: str
     layers: list[RFLayer] = field(repr=False)
+    global_after: str | None = None
+    mixing: str | None = None
+    undefined_after: str | None = None
 
     def at(self, name: str) -> RFLayer:
         """The layer entry for a graph node name or a module path (``"layer3"``, ``"features.28"``)."""
@@ -137,6 +163,9 @@ class RFResult:
             "global_context": self.global_context,
             "input_size": list(self.input_size),
             "method": self.method,
+            "global_after": self.global_after,
+            "mixing": self.mixing,
+            "undefined_after": self.undefined_after,
         }
         if layers:
             out["layers"] = [entry.to_dict() for entry in self.layers]
@@ -448,8 +477,15 @@ class _NonSpatial:
     """Depends on the input but has no spatial axes any more (flattened, globally reduced)."""
 
 
+@dataclass(frozen=True)
+class _Positions:
+    """The positions of a spatial map merged into tensor dimension ``dim``: a sequence of tokens."""
+
+    dim: int
+
+
 _NON_SPATIAL = _NonSpatial()
-_State = _Field | _Undefined | _NonSpatial | None  # None: does not depend on the input at all
+_State = _Field | _Undefined | _NonSpatial | _Positions | None  # None: does not depend on the input at all
 
 
 def _pair(value: Any) -> Pair:
@@ -483,6 +519,43 @@ def _match(dims: Pair, shape_in: torch.Size, shape_out: torch.Size) -> Pair | No
         if all(0 <= c < len(shape_out) for c in cand) and (shape_out[cand[0]], shape_out[cand[1]]) == sizes:
             return cand
     return None
+
+
+def _match_dim(dim: int, shape_in: torch.Size, shape_out: torch.Size) -> int | None:
+    """:func:`_match` for one axis."""
+    shift = len(shape_out) - len(shape_in)
+    for cand in (dim + shift, dim):
+        if 0 <= cand < len(shape_out) and shape_out[cand] == shape_in[dim]:
+            return cand
+    return None
+
+
+def _merged(dims: Pair, shape_in: torch.Size, shape_out: torch.Size) -> int | None:
+    """The output axis into which a reshape merged both spatial axes (and any axes between), if it did.
+
+    ``(N, C, H, W) -> (N, C, H*W)`` (tokens) and ``(N, C, H, W) -> (N, C*H*W)`` (a flattening head) merge
+    them; splitting them into windows does not.
+    """
+    first, last = min(dims), max(dims)
+    for start in range(first + 1):
+        merged = (*shape_in[:start], math.prod(shape_in[start : last + 1]), *shape_in[last + 1 :])
+        if tuple(shape_out) == merged:
+            return start
+    return None
+
+
+_SEQUENCE_MODULES = (  # modules mixing along a sequence axis: 1 if batch_first (3-d input), else 0
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    nn.Transformer,
+    nn.TransformerEncoder,
+    nn.TransformerDecoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+# Matrix products: (left operand, right operand) positions. A product contracts the left operand's last axis
+# and the right operand's second-to-last; rows come from the left, columns from the right.
+_PRODUCTS = {"matmul": (0, 1), "mm": (0, 1), "bmm": (0, 1), "baddbmm": (1, 2), "addmm": (1, 2)}
 
 
 def _union(fields: list[_Field], global_context: bool) -> _Field:
@@ -519,15 +592,6 @@ _OTHER_RANK_MODULES = (
     nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d,
     nn.AdaptiveMaxPool3d,
-)
-_GLOBAL_MODULES = (
-    nn.MultiheadAttention,
-    nn.RNNBase,
-    nn.Transformer,
-    nn.TransformerEncoder,
-    nn.TransformerDecoder,
-    nn.TransformerEncoderLayer,
-    nn.TransformerDecoderLayer,
 )
 _UPSAMPLING_FUNCTIONS = {
     "interpolate",
@@ -621,6 +685,7 @@ class _Propagator:
     def __init__(self, ops: list[_Op]) -> None:
         self.shapes = {op.name: op.shape for op in ops}
         self.states: dict[str, _State] = {}
+        self.mixing: dict[str, str] = {}  # op name -> what mixes all positions there
         for op in ops:
             self.states[op.name] = self._state(op)
 
@@ -674,12 +739,14 @@ class _Propagator:
                 return _Undefined(f"{op.name}: adaptive pooling {n_in} -> {n_out} has unequal windows")
         return self._window(op, kernel, stride, 0, 1)
 
-    def _shift(self, op: _Op, top: int, left: int) -> _State:
-        src = self._spatial_field(op, "padding")
-        if src is None:
-            return self._source(op)[0]
-        padding = (src.padding[0] + top * src.stride[0], src.padding[1] + left * src.stride[1])
-        return replace(src, padding=padding)
+    def _pad(self, op: _Op, pad: Any) -> _State:
+        """``F.pad``: (before, after) pairs from the last axis backwards; only padding before moves the field."""
+        state, shape = self._source(op)
+        if not isinstance(state, _Field):
+            return state
+        before = [pad[2 * (len(shape) - 1 - d)] if 2 * (len(shape) - 1 - d) < len(pad) else 0 for d in state.dims]
+        padding = (state.padding[0] + before[0] * state.stride[0], state.padding[1] + before[1] * state.stride[1])
+        return replace(state, padding=padding)
 
     def _spatial_inputs(self, op: _Op) -> list[_Field]:
         return [s for s in (self.states[r.name] for r in self._inputs(op)) if isinstance(s, _Field)]
@@ -702,6 +769,53 @@ class _Propagator:
             if isinstance(state, _Field) and dim % len(_single(self.shapes[ref.name])) in state.dims:
                 return True
         return False
+
+    def _on_positions(self, value: Any, dim: int) -> bool:
+        """Whether ``value`` is a tensor holding the positions of a spatial map on axis ``dim``."""
+        if not isinstance(value, _Ref):
+            return False
+        state = self.states[value.name]
+        return isinstance(state, _Positions) and dim % len(_single(self.shapes[value.name])) == state.dim
+
+    def _mix(self, op: _Op, what: str) -> None:
+        self.mixing[op.name] = what
+
+    def _sequence_module(self, op: _Op, m: nn.Module) -> _State:
+        """Attention or recurrence: global mixing when the sequence axis is the positions axis."""
+        for ref in self._inputs(op):
+            ndim = len(_single(self.shapes[ref.name]))
+            if self._on_positions(ref, 1 if getattr(m, "batch_first", False) and ndim == 3 else 0):
+                self._mix(op, type(m).__name__)
+        return self._generic(op, may_drop=True)
+
+    def _product(self, op: _Op, name: str) -> _State:
+        """A matrix product mixes all positions when it contracts the positions axis (e.g. attention x values)."""
+        left, right = (op.args[i] if len(op.args) > i else None for i in _PRODUCTS[name])
+        if self._on_positions(left, -1) or self._on_positions(right, -2):
+            self._mix(op, name)
+        out = len(_single(op.shape))
+        if self._on_positions(left, -2):
+            return _Positions(out - 2)
+        if self._on_positions(right, -1):
+            return _Positions(out - 1)
+        return self._generic(op, may_drop=True)
+
+    def _einsum(self, op: _Op) -> _State:
+        """``einsum``: mixing when an index carrying positions is summed over."""
+        equation = str(op.args[0]).replace(" ", "")
+        operands = [v for v in pytree.tree_leaves(op.args[1:]) if isinstance(v, _Ref)]
+        if "->" not in equation or "..." in equation:
+            return self._generic(op, may_drop=True)
+        inputs, output = equation.split("->")
+        state: _State = None
+        for letters, operand in zip(inputs.split(","), operands, strict=False):
+            for dim, letter in enumerate(letters):
+                if self._on_positions(operand, dim):
+                    if letter not in output:
+                        self._mix(op, "einsum")
+                    elif state is None:
+                        state = _Positions(output.index(letter))
+        return state if state is not None else self._generic(op, may_drop=True)
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -727,14 +841,18 @@ class _Propagator:
         if isinstance(m, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
             return self._adaptive(op)
         if isinstance(m, _PADS_2D):
-            left, _, top, _ = m.padding
-            return self._shift(op, top, left)
+            return self._pad(op, m.padding)
         if isinstance(m, nn.PixelUnshuffle):
             factor = m.downscale_factor
             return self._window(op, factor, factor, 0, 1)
         if isinstance(m, _UPSAMPLING_MODULES):
             return self._undefined(op, type(m).__name__)
-        if isinstance(m, _OTHER_RANK_MODULES + _GLOBAL_MODULES):
+        if isinstance(m, _SEQUENCE_MODULES) and not self._spatial_inputs(op):
+            return self._sequence_module(op, m)
+        if isinstance(m, nn.Linear) and self._on_positions(op.args[0], -1):
+            self._mix(op, "Linear over positions")
+            return self._generic(op, may_drop=True)
+        if isinstance(m, _OTHER_RANK_MODULES + _SEQUENCE_MODULES):
             return self._refuse(op, type(m).__name__)
         if isinstance(m, nn.Linear | nn.Bilinear) and self._dim_is_spatial(op, -1):
             raise NotImplementedError(f"{op.name}: a linear layer mixing a spatial axis")
@@ -742,9 +860,13 @@ class _Propagator:
             return self._generic(op, global_context=self._dim_is_spatial(op, m.dim))
         if _declares_window(m):
             return self._window(op, m.kernel_size, m.stride, m.padding, m.dilation)
-        return self._generic(op, may_drop=isinstance(m, nn.Flatten | nn.Unflatten))
+        return self._generic(op, reshape=isinstance(m, nn.Flatten | nn.Unflatten))
 
     def _function(self, op: _Op, name: str) -> _State:
+        wrapped = inspect.isfunction(op.target) and op.target.__module__.split(".")[0] != "torch"
+        positions = any(isinstance(self.states[r.name], _Positions) for r in self._inputs(op))
+        if wrapped and (self._spatial_inputs(op) or positions):
+            raise NotImplementedError(f"{op.name}: {name} is wrapped with torch.fx.wrap; fx cannot look inside")
         if name == "conv2d":
             kernel = _single(self.shapes[_arg(op, 1, "weight").name])[-2:]
             return self._window(
@@ -763,13 +885,20 @@ class _Propagator:
         if name in ("adaptive_avg_pool2d", "adaptive_max_pool2d", "adaptive_max_pool2d_with_indices"):
             return self._adaptive(op)
         if name in ("pad", "constant_pad_nd"):
-            pad = [*_arg(op, 1, "pad"), 0, 0, 0, 0]
-            return self._shift(op, pad[2], pad[0])
+            return self._pad(op, _arg(op, 1, "pad"))
         if name == "pixel_unshuffle":
             factor = _arg(op, 1, "downscale_factor")
             return self._window(op, factor, factor, 0, 1)
         if name in _UPSAMPLING_FUNCTIONS:
             return self._undefined(op, name)
+        if name in _PRODUCTS and not self._spatial_inputs(op):
+            return self._product(op, name)
+        if name == "einsum" and not self._spatial_inputs(op):
+            return self._einsum(op)
+        if name == "scaled_dot_product_attention" and not self._spatial_inputs(op):
+            if any(self._on_positions(_arg(op, i, key), -2) for i, key in enumerate(("query", "key", "value"))):
+                self._mix(op, name)
+            return self._generic(op, may_drop=True)
         if name in _UNSUPPORTED_FUNCTIONS:
             return self._refuse(op, name)
         if name == "getitem":
@@ -780,6 +909,8 @@ class _Propagator:
             dim = op.args[1] if len(op.args) > 1 else op.kwargs.get("dim", op.kwargs.get("axis", 0))
             if self._dim_is_spatial(op, dim):
                 raise NotImplementedError(f"{op.name}: concatenation along a spatial axis")
+            if any(self._on_positions(ref, dim) for ref in self._inputs(op)):
+                return _Positions(dim % len(_single(op.shape)))  # extra tokens (a class token) join the sequence
             return self._generic(op)
         if name in _SPLITS:
             if self._dim_is_spatial(op, _arg(op, _SPLITS[name], "dim", 0)):
@@ -789,12 +920,15 @@ class _Propagator:
             return self._generic(op, global_context=self._dim_is_spatial(op, _arg(op, 1, "dim")))
         if name in ("linear", "bilinear") and self._dim_is_spatial(op, -1):
             raise NotImplementedError(f"{op.name}: a linear map mixing a spatial axis")
-        return self._generic(op, may_drop=name in _RESHAPES or name in _REDUCTIONS)
+        if name == "linear" and self._on_positions(op.args[0], -1):
+            self._mix(op, "linear over positions")
+            return self._generic(op, may_drop=True)
+        return self._generic(op, may_drop=name in _REDUCTIONS, reshape=name in _RESHAPES)
 
     def _getitem(self, op: _Op) -> _State:
         source, index = op.args[0], op.args[1]
         state = self.states[source.name]
-        if not isinstance(self.shapes[source.name], torch.Size) or not isinstance(state, _Field):
+        if not isinstance(self.shapes[source.name], torch.Size) or not isinstance(state, _Field | _Positions):
             return state  # an element of a multi-output op shares its field; other states pass through
         shape = self.shapes[source.name]
         items = index if isinstance(index, tuple) else (index,)
@@ -819,6 +953,9 @@ class _Propagator:
         while i < len(shape):
             mapping[i] = (o, slice(None))
             i, o = i + 1, o + 1
+        if isinstance(state, _Positions):  # one token (the class token) has no positions any more
+            out_dim = mapping[state.dim][0]
+            return _NON_SPATIAL if out_dim is None else _Positions(out_dim)
         dims, stride, padding = [], [], []
         for a, d in enumerate(state.dims):
             out_dim, item = mapping[d]
@@ -834,18 +971,26 @@ class _Propagator:
 
     def _permute(self, op: _Op) -> _State:
         state, shape = self._source(op)
-        if not isinstance(state, _Field):
+        if not isinstance(state, _Field | _Positions):
             return state
         # Apply the same permutation to a meta tensor whose axes have distinct sizes and see where they go.
         probe = torch.empty(tuple(range(2, len(shape) + 2)), device="meta")
         fn = getattr(probe, op.target) if op.kind == "method" else functools.partial(op.target, probe)
         moved = list(fn(*op.args[1:], **op.kwargs).shape)
+        if isinstance(state, _Positions):
+            return _Positions(moved.index(state.dim + 2))
         return replace(state, dims=(moved.index(state.dims[0] + 2), moved.index(state.dims[1] + 2)))
 
-    def _generic(self, op: _Op, may_drop: bool = False, global_context: bool = False) -> _State:
-        """Elementwise / channel-wise ops and merges: union of the fields that keep their spatial axes."""
+    def _generic(self, op: _Op, may_drop: bool = False, global_context: bool = False, reshape: bool = False) -> _State:
+        """Elementwise / channel-wise ops and merges: union of the fields that keep their spatial axes.
+
+        ``may_drop``: the op may remove the spatial axes (reductions). ``reshape``: a reshape, which may
+        merge the spatial axes into one axis of positions (:class:`_Positions`); any other reshape of them
+        (splitting them into windows) leaves the field undefined.
+        """
         outputs = [op.shape] if isinstance(op.shape, torch.Size) else op.shape
         fields: list[_Field] = []
+        positions: list[int] = []
         for ref in self._inputs(op):
             state = self.states[ref.name]
             if state is None:
@@ -853,20 +998,36 @@ class _Propagator:
             if isinstance(state, _Undefined):
                 return state
             if isinstance(state, _NonSpatial):
-                global_context = True  # only matters if it is broadcast onto a spatial map
+                global_context = True  # only matters if it is broadcast onto a spatial map or onto positions
                 continue
             shape = _single(self.shapes[ref.name])
+            if isinstance(state, _Positions):
+                kept = {_match_dim(state.dim, shape, out) for out in outputs}
+                if len(kept) == 1 and None not in kept:
+                    positions.append(kept.pop())  # otherwise reduced over or reshaped away: no longer followed
+                continue
             dims = {_match(state.dims, shape, out) for out in outputs}
             if len(dims) == 1 and None not in dims:
                 fields.append(replace(state, dims=dims.pop()))
             elif all(shape[d] == 1 for d in state.dims):
                 global_context = True  # a pooled map broadcast onto a larger one
+            elif reshape:
+                merged = {_merged(state.dims, shape, out) for out in outputs}
+                if len(merged) != 1 or None in merged:
+                    return _Undefined(f"{op.name}: {_op_name(op.target)} rearranges the spatial axes {tuple(shape)}")
+                positions.append(merged.pop())
             elif not may_drop:
                 raise NotImplementedError(
                     f"{op.name} ({_op_name(op.target)}): cannot follow the spatial axes {tuple(shape)} -> "
                     f"{[tuple(o) for o in outputs]}"
                 )
-        return _union(fields, global_context) if fields else _NON_SPATIAL
+        if fields:
+            return _union(fields, global_context)
+        if positions:
+            if global_context:
+                self._mix(op, f"{_op_name(op.target)} of a summary of all positions")
+            return _Positions(positions[0])
+        return _NON_SPATIAL
 
 
 # --------------------------------------------------------------------------------------------------
@@ -882,7 +1043,8 @@ def _describe(op: _Op) -> str:
 def _summarise(
     ops: list[_Op], aliases: dict[str, str], shape: tuple[int, int, int], method: str, layer: str | None
 ) -> RFResult:
-    states = _Propagator(ops).states
+    propagator = _Propagator(ops)
+    states = propagator.states
     modules: dict[str, list[str]] = {}
     for path, node in aliases.items():
         modules.setdefault(node, []).append(path)
@@ -904,14 +1066,19 @@ def _summarise(
                     global_context=state.global_context,
                 )
             )
+    pointwise = ((1, 1), (1, 1), (0, 0))  # the input, or pointwise functions of it (normalisation)
+    candidates = [
+        e for e in layers if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
+    ]
+    if not candidates:
+        raise NoSpatialMapError("the model has no spatial feature map (a window applied, several units)")
+    last = candidates[-1]
+    order = {op.name: i for i, op in enumerate(ops)}
+    later = [op for op in ops if order[op.name] > order[last.name]]
+    mixing = next((op.name for op in later if op.name in propagator.mixing), None)
+    undefined = next((s for s in (states[op.name] for op in later) if isinstance(s, _Undefined)), None)
     if layer is None:
-        pointwise = ((1, 1), (1, 1), (0, 0))  # the input, or pointwise functions of it (normalisation)
-        candidates = [
-            e for e in layers if max(e.shape) > 1 and min(e.stride) > 0 and (e.size, e.stride, e.padding) != pointwise
-        ]
-        if not candidates:
-            raise ValueError("the model has no spatial feature map (a window applied, several units)")
-        chosen = candidates[-1]
+        chosen = last
     else:
         node = layer if layer in states else aliases.get(layer, layer)  # a node name, else a module path
         state = states.get(node)
@@ -931,7 +1098,16 @@ def _summarise(
         input_size=shape,
         method=method,
         layers=layers,
+        global_after=None if mixing is None else (last.modules[0] if last.modules else last.name),
+        mixing=None if mixing is None else f"{propagator.mixing[mixing]} at {_path_of(mixing, modules)}",
+        undefined_after=undefined.reason if undefined is not None and mixing is None else None,
     )
+
+
+def _path_of(node: str, modules: dict[str, list[str]]) -> str:
+    """The deepest module path whose output is ``node`` (the op itself), else the node name."""
+    paths = modules.get(node)
+    return max(paths, key=lambda p: (p.count("."), p)) if paths else node
 
 
 def _analyse(
@@ -946,6 +1122,13 @@ def _analyse(
     x = torch.zeros((1, *shape), device=device, dtype=dtype)
     with torch.no_grad():
         graph, ops, aliases = _trace(model, x, method)
+        if method == "auto" and graph.method == "fx":
+            try:
+                return graph, _summarise(ops, aliases, shape, graph.method, layer)
+            except NotImplementedError:
+                # An op the fx graph shows only from outside (a function wrapped with torch.fx.wrap): the
+                # hook frontend records the torch calls inside it.
+                graph, ops, aliases = _trace(model, x, "hooks")
     return graph, _summarise(ops, aliases, shape, graph.method, layer)
 
 
@@ -972,8 +1155,11 @@ def theoretical_rf(
     some axis, before global pooling / flatten), as in Araujo et al.'s tables; maps that are pointwise
     functions of the input pixels do not count, so a network without any spatial window (an MLP) raises
     ``ValueError``. ``layer`` selects another map by graph node name or module path (``"layer3"``).
-    All nodes are in ``result.layers``.
-    ``method`` picks the graph frontend: ``"fx"``, ``"hooks"`` or ``"auto"`` (fx, else hooks). The model
+    All nodes are in ``result.layers``. Whatever ``layer`` is, ``result.global_after`` says whether global
+    mixing (attention, a linear layer over positions) follows the model's last spatial map, and
+    ``result.undefined_after`` whether its field becomes undefined there (see the module docstring).
+    ``method`` picks the graph frontend: ``"fx"``, ``"hooks"`` or ``"auto"`` (fx, else hooks: when fx cannot
+    trace the model or hides an op applied to a spatial map inside a wrapped function). The model
     runs once on zeros, in eval mode, and its training flags are restored.
     """
     shape = input_shape(input_size)
