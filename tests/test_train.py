@@ -69,13 +69,15 @@ def test_schedule_warms_up_holds_then_decays_to_zero_from_where_it_was_told() ->
     assert not schedule.finished(119) and schedule.finished(120)
 
 
-def test_plateau_counts_epochs_without_a_real_improvement() -> None:
+def test_plateau_counts_epochs_without_a_real_improvement_in_accuracy_or_loss() -> None:
     plateau = Plateau(min_delta=0.01)
-    for value in (0.5, 0.6, 0.605, 0.6, 0.62):
-        plateau.update(value)
-    assert plateau.best == 0.62 and plateau.since == 0
-    plateau.update(0.625)
+    for accuracy, loss in ((0.5, 1.0), (0.6, 0.9), (0.605, 0.895), (0.6, 0.95), (0.62, 0.9)):
+        plateau.update(accuracy, loss)
+    assert plateau.best == 0.62 and plateau.best_loss == 0.895 and plateau.since == 0
+    plateau.update(0.625, 0.89)  # neither moved by min_delta
     assert plateau.since == 1 and plateau.best == 0.625
+    plateau.update(0.1, 0.87)  # a slow start: accuracy flat, loss still falling
+    assert plateau.since == 0
 
 
 def test_cooldown_is_a_fraction_of_the_run_within_the_cap() -> None:
@@ -155,8 +157,8 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
 
 
 def test_early_stopping_starts_the_cooldown_after_patience_epochs_without_improvement(tmp_path) -> None:
-    # lr 1e-6 never improves validation accuracy: patience 2 ends the stable phase after epoch 3 (the first
-    # epoch sets the best), then the cool-down lasts ceil(0.5 * 3) = 2 epochs: 5 epochs, far below the cap.
+    # lr 1e-6 moves neither validation accuracy nor loss by min_delta: patience 2 ends the stable phase after
+    # epoch 3 (the first epoch sets the best), then the cool-down lasts ceil(0.5 * 3) = 2 epochs: 5 epochs.
     metrics = train(make_job(tmp_path, "flat", lr=1e-6, max_steps=300, patience=2, cooldown=0.5, min_delta=0.5))
     assert metrics["stop_reason"] == "plateau" and metrics["epochs_completed"] == 5 and metrics["steps"] == 15
     lrs = [

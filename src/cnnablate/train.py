@@ -124,17 +124,21 @@ class Schedule:
 
 @dataclass
 class Plateau:
-    """Early-stopping bookkeeping: the best validation accuracy and the epochs since it improved."""
+    """Early-stopping bookkeeping: the best validation accuracy and loss, and the epochs since either improved.
+
+    An epoch improves when the accuracy rises, or the loss falls, by at least ``min_delta``: a network still
+    in its slow start (accuracy flat near chance, loss creeping down) keeps training; a stuck one does not.
+    """
 
     min_delta: float
     best: float = -1.0
+    best_loss: float = math.inf
     since: int = 0
 
-    def update(self, value: float) -> None:
-        if value > self.best + self.min_delta:
-            self.best, self.since = value, 0
-        else:
-            self.best, self.since = max(self.best, value), self.since + 1
+    def update(self, accuracy: float, loss: float) -> None:
+        improved = accuracy > self.best + self.min_delta or loss < self.best_loss - self.min_delta
+        self.best, self.best_loss = max(self.best, accuracy), min(self.best_loss, loss)
+        self.since = 0 if improved else self.since + 1
 
 
 def above_chance(correct: int, total: int, chance: float) -> bool:
@@ -436,7 +440,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             train_seconds += row["epoch_seconds"]
             row["elapsed_seconds"] = train_seconds
             history.append(row)
-            plateau.update(row["val_acc"])
+            plateau.update(row["val_acc"], row["val_loss"])
             if schedule.decay_start is None and (
                 plateau.since >= recipe["patience"]
                 or epoch + cooldown_epochs(epoch, max_epochs, recipe["cooldown"]) >= max_epochs
