@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from cnnablate.data import load_prepared
 from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
 from cnnablate.runs import build_for_dataset
+from cnnablate.tracking import git_commit
 
 log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
@@ -170,23 +170,6 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
     return loss_sum.item() / len(data), correct.item() / len(data)
 
 
-def git_commit() -> str:
-    """The commit of the working tree that ran the job (with '+dirty' when it has local changes)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "cnnablate": __version__}
     for name in ("torch", "numpy", "mlflow", "snakemake"):
@@ -224,7 +207,6 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
         {
             "variant": job.variant,
             "seed": job.seed,
-            "git_commit": git_commit(),
             "study": job.study,
         },
     )
@@ -238,7 +220,6 @@ def train(job: TrainJob) -> dict[str, Any]:
     timings: dict[str, float] = {"imports": IMPORTED_AT - started}
     clock = time.time()
     recipe = job.recipe
-    torch.set_num_threads(recipe["threads"])
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
     log.info(
         "job %s on %s (autocast %s, channels_last %s)",

@@ -1,8 +1,7 @@
 # Turns the validated config into the study's variants, paths and list of targets.
 import os
 
-from cnnablate.config import Study, validate_config
-from cnnablate.jobserver import JobServer
+from cnnablate.config import Study, canonical, validate_config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -41,7 +40,8 @@ def expand_runs(pattern):
 
 
 def variant_spec(wildcards):
-    return STUDY.variants[wildcards.variant].spec
+    """The variant's model spec as canonical JSON (see `canonical`: key order never reruns a job)."""
+    return canonical(STUDY.variants[wildcards.variant].spec)
 
 
 def ablation_tags(wildcards=None):
@@ -49,7 +49,7 @@ def ablation_tags(wildcards=None):
     members = {}
     for ablation, variant in STUDY.ablation_members():
         members.setdefault(variant, []).append(ablation)
-    return {variant: ",".join(names) for variant, names in members.items()}
+    return canonical({variant: ",".join(names) for variant, names in members.items()})
 
 
 def analysis_outputs(wildcards=None):
@@ -85,17 +85,3 @@ def dataset_archive(wildcards):
         return str(archive_path(dataset, config["data"]["root"]))
     return []
 
-
-JOB_SERVER = JobServer()
-
-
-onstart:
-    JOB_SERVER.start()
-
-
-onsuccess:
-    JOB_SERVER.stop()
-
-
-onerror:
-    JOB_SERVER.stop()
