@@ -72,5 +72,17 @@ mlflow-server: setup
 	MLFLOW_HOST=$(MLFLOW_HOST) MLFLOW_PORT=$(MLFLOW_PORT) MLFLOW_ALLOWED_HOSTS=$(MLFLOW_ALLOWED_HOSTS) \
 		MLFLOW_SERVER_ENV=$(MLFLOW_SERVER_ENV) MLFLOW_ARTIFACTS=$(MLFLOW_ARTIFACTS) bash scripts/mlflow-server.sh
 
+# The conda environment (Snakemake's `conda:` directive, conda users) with every pin of uv.lock, for Python 3.11.
+# Regenerate after `uv lock`; tests/test_environment.py fails while it and the lock disagree.
+ENVIRONMENT_YML ?= environment.yml
+$(ENVIRONMENT_YML): uv.lock | $(VENV)/.synced
+	{ echo "# Generated from uv.lock by \`make environment.yml\`: every pin of the lock (pip/uv users: uv.lock itself)."; \
+	  echo "# PyTorch and torchvision come from PyPI so that their builds match each other."; \
+	  echo "name: cnnablate"; echo "channels:"; echo "  - conda-forge"; echo "  - nodefaults"; \
+	  echo "dependencies:"; echo "  - python=3.11"; echo "  - pip"; echo "  - pip:"; \
+	  $(BIN)/uv export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate \
+		--format requirements-txt | sed 's/^/      - /'; \
+	  echo "      - -e ."; } > $@
+
 clean-demo:
 	rm -rf results/demo reports/demo

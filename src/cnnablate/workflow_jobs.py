@@ -72,6 +72,7 @@ def set_torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+    log.info("torch uses %d thread(s)", torch.get_num_threads())
 
 
 def run_dir(smk: Any) -> Path:
