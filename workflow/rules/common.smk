@@ -84,4 +84,3 @@ def dataset_archive(wildcards):
     if dataset in ("cifar10", "cifar100"):
         return str(archive_path(dataset, config["data"]["root"]))
     return []
-

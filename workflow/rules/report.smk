@@ -79,7 +79,9 @@ rule report:
     params:
         study=STUDY.name,
         results=lambda w, output: os.path.dirname(output.results),
-        analyses=lambda w: canonical({name: a["study_outputs"] for name, a in ANALYSES.items()}),
+        analyses=lambda w: canonical(
+            {name: a["study_outputs"] for name, a in ANALYSES.items()}
+        ),
         config=canonical(config),
     script:
         "../scripts/report.py"
