@@ -3,8 +3,9 @@
 Every script is two lines, e.g. ``from cnnablate.workflow_jobs import train`` and ``train(snakemake)``; an
 analysis of your own follows the same convention (a ``@workflow_job`` function in your module, see README).
 Snakemake starts, measures and kills each job's process itself; this module only makes that process cheap:
-heavy libraries are imported inside the function that needs them, and a finished job leaves through a flushed
-``os._exit`` instead of tearing down torch and MLflow (seconds on a small CPU).
+a job imports only the modules its ``@workflow_job(...)`` names (this module imports no heavy library), and a
+finished job leaves through a flushed ``os._exit`` instead of tearing down torch and MLflow (1-2 s on a small
+CPU).
 
 Dict-valued params arrive as canonical JSON strings (``cnnablate.config.canonical``) and are decoded here.
 """
