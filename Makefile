@@ -15,7 +15,7 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint bench mlflow-ui mlflow-server clean-demo
+.PHONY: setup demo test lint browser bench mlflow-ui mlflow-server clean-demo
 
 setup: $(VENV)/.synced
 
@@ -37,8 +37,20 @@ lint: setup
 	$(BIN)/snakemake --lint --configfile config/config.yaml
 	$(BIN)/snakemake --lint --configfile .test/config/config.yaml
 
-test: lint
+# The report test renders the HTML page in Debian's headless chromium: installed here when missing and we may
+# (root with apt-get); otherwise make stops before anything else, printing the one command to run.
+test: browser lint
 	$(BIN)/pytest
+
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's chromium (the report test renders the page in it)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		else \
+			echo "make test needs Debian's chromium for the report test; run: sudo apt-get install -y chromium" >&2; \
+			exit 1; \
+		fi; }
 
 bench: setup
 	$(BIN)/python benchmarks/throughput.py --config config/demo.yaml
@@ -46,14 +58,31 @@ bench: setup
 mlflow-ui: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000
 
-# A tracking server for a cluster: PostgreSQL backend, artifacts served by the server.
-MLFLOW_DB ?= postgresql://mlflow:mlflow@localhost:5432/mlflow
+# A tracking server for a cluster: PostgreSQL backend, MLflow's basic-auth app, artifacts served by the server.
+# Credentials come from the environment or the private file MLFLOW_SERVER_ENV (`sudo bash scripts/mlflow-postgres.sh`
+# sets up PostgreSQL and writes it); never from this file. Open it to compute nodes with, e.g.,
+# `make mlflow-server MLFLOW_HOST=0.0.0.0 MLFLOW_ALLOWED_HOSTS=login01.cluster:5000` (docs/slurm.md).
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_ALLOWED_HOSTS ?= $(MLFLOW_HOST),$(MLFLOW_HOST):$(MLFLOW_PORT)
+MLFLOW_SERVER_ENV ?= $(HOME)/.config/cnnablate/mlflow-server.env
 MLFLOW_ARTIFACTS ?= $(CURDIR)/results/mlflow-server-artifacts
 mlflow-server: setup
 	$(BIN)/uv sync --frozen --extra cluster
-	$(BIN)/mlflow db upgrade $(MLFLOW_DB)
-	$(BIN)/mlflow server --backend-store-uri $(MLFLOW_DB) --artifacts-destination $(MLFLOW_ARTIFACTS) \
-		--host 0.0.0.0 --port 5000
+	MLFLOW_HOST=$(MLFLOW_HOST) MLFLOW_PORT=$(MLFLOW_PORT) MLFLOW_ALLOWED_HOSTS=$(MLFLOW_ALLOWED_HOSTS) \
+		MLFLOW_SERVER_ENV=$(MLFLOW_SERVER_ENV) MLFLOW_ARTIFACTS=$(MLFLOW_ARTIFACTS) bash scripts/mlflow-server.sh
+
+# The conda environment (Snakemake's `conda:` directive, conda users) with every pin of uv.lock, for Python 3.11.
+# Regenerate after `uv lock`; tests/test_environment.py fails while it and the lock disagree.
+ENVIRONMENT_YML ?= environment.yml
+$(ENVIRONMENT_YML): uv.lock | $(VENV)/.synced
+	{ echo "# Generated from uv.lock by \`make environment.yml\`: every pin of the lock (pip/uv users: uv.lock itself)."; \
+	  echo "# PyTorch and torchvision come from PyPI so that their builds match each other."; \
+	  echo "name: cnnablate"; echo "channels:"; echo "  - conda-forge"; echo "  - nodefaults"; \
+	  echo "dependencies:"; echo "  - python=3.11"; echo "  - pip"; echo "  - pip:"; \
+	  $(BIN)/uv export --frozen --no-dev --no-hashes --no-emit-project --no-header --no-annotate \
+		--format requirements-txt | sed 's/^/      - /'; \
+	  echo "      - -e ."; } > $@
 
 clean-demo:
 	rm -rf results/demo reports/demo

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -12,11 +13,11 @@ import torch
 from cnnablate.config import model_axes
 from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.interpret import interpret_run
-from cnnablate.jobs import Job, shift_robustness_job
 from cnnablate.results import summarize
 from cnnablate.run_measures import measure_run
 from cnnablate.runs import load_run
 from cnnablate.train import train
+from cnnablate.workflow_jobs import shift_robustness
 from test_train import make_job
 
 
@@ -48,11 +49,13 @@ def test_a_diverged_run_is_measured_without_inventing_numbers(tmp_path) -> None:
     assert result["trf"]["size"] and result["erf_init"] is not None
     assert result["erf"] is None and result["edge_match_trained"] is None
     assert all("erf_std_trained" not in row for row in result["erf_by_depth"])
-    fields = {name: {"items": [], "names": {}} for name in Job.FIELDS}
-    fields["input"]["names"] = {"metrics": str(job.run_dir / "metrics.json"), "data": str(job.dataset)}
-    fields["output"]["items"] = [str(tmp_path / "shift.json")]
-    fields["params"]["names"] = {"shifts": [0, 2]}
-    shift_robustness_job(Job("shift_robustness", fields, 1))
+    smk = SimpleNamespace(
+        input=SimpleNamespace(metrics=str(job.run_dir / "metrics.json"), data=str(job.dataset)),
+        output=[str(tmp_path / "shift.json")],
+        params=SimpleNamespace(shifts=[0, 2]),
+        threads=1,
+    )
+    shift_robustness.__wrapped__(smk)  # the job's body, without the process exit of a workflow job
     assert set(json.loads((tmp_path / "shift.json").read_text()).values()) == {None}
 
 

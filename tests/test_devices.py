@@ -2,13 +2,71 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from cnnablate.devices import choose_device, claim_gpu_slot, resolve_channels_last, resolve_precision
+from cnnablate.devices import (
+    LockDirError,
+    choose_device,
+    claim_gpu_slot,
+    default_lock_dir,
+    lock_dir,
+    private_dir,
+    resolve_channels_last,
+    resolve_precision,
+)
+
+
+@pytest.fixture
+def system_temp(monkeypatch, tmp_path):
+    """A scratch 'system temp directory' with no lock-folder variables set."""
+    monkeypatch.delenv("CNNABLATE_GPU_LOCK_DIR", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_lock_folder_is_created_private_per_user(system_temp) -> None:
+    folder = lock_dir()
+    assert folder == system_temp / f"cnnablate-gpu-locks-{os.getuid()}"
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert lock_dir() == folder  # an existing private folder is reused
+
+
+def test_a_second_user_gets_another_folder_and_cannot_use_the_first_users(system_temp, monkeypatch) -> None:
+    first = lock_dir()
+    monkeypatch.setattr(os, "getuid", lambda: first.stat().st_uid + 1)  # the same machine, another user
+    assert default_lock_dir() == first.with_name(f"cnnablate-gpu-locks-{first.stat().st_uid + 1}")
+    with pytest.raises(LockDirError, match=f"belongs to uid {first.stat().st_uid}, not to you"):
+        private_dir(first)
+
+
+def test_an_open_or_squatted_lock_folder_is_refused(system_temp, monkeypatch) -> None:
+    folder = default_lock_dir()
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o777)  # e.g. created first by someone else with an open mode
+    with pytest.raises(LockDirError, match=r"mode 0777; it must be private \(0700\).*CNNABLATE_GPU_LOCK_DIR"):
+        lock_dir()
+    folder.chmod(0o700)
+    link = system_temp / "link"
+    link.symlink_to(folder)
+    with pytest.raises(LockDirError, match="is not a folder"):
+        private_dir(link)
+    folder.chmod(0o777)
+    with pytest.raises(LockDirError, match="mode 0777"):
+        claim_gpu_slot(1, 1)  # a job never takes a slot in a folder others can write
+
+
+def test_lock_folder_variables(system_temp, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(system_temp / "run"))
+    assert default_lock_dir() == system_temp / "run" / "cnnablate-gpu-locks"
+    monkeypatch.setenv("CNNABLATE_GPU_LOCK_DIR", str(system_temp / "mine"))
+    assert lock_dir() == system_temp / "mine" and stat.S_IMODE((system_temp / "mine").stat().st_mode) == 0o700
 
 
 def test_jobs_spread_over_gpus_before_sharing(tmp_path) -> None:

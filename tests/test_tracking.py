@@ -8,9 +8,19 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
-from cnnablate.tracking import JOB_KEY_TAG, JobRun, job_run_logger, setup_study, sync_analyses
+from cnnablate.tracking import (
+    GIT_COMMIT_TAG,
+    JOB_KEY_TAG,
+    JobRun,
+    finish_study,
+    git_commit,
+    job_run_logger,
+    setup_study,
+    sync_analyses,
+)
 
 
 def _setup(tmp_path):
@@ -82,3 +92,30 @@ def test_sync_logs_analysis_numbers_once(tmp_path, study_setup) -> None:
     assert len(client.get_metric_history(run.run_id, "shift.shift_acc_0px")) == 1
     assert job_run_logger(setup, "demo/base/seed0").run_id == run.run_id
     assert client.get_run(run.run_id).data.tags["ablation"] == "pooling,norm"
+
+
+def test_parent_run_holds_the_study_and_finishes_with_it(tmp_path) -> None:
+    setup = _setup(tmp_path)
+    client = MlflowClient(setup["tracking_uri"])
+    assert client.get_run(setup["parent_run_id"]).info.status == "RUNNING"  # until the study is complete
+    child = JobRun(setup, "demo/base/seed0", "base/seed0", {})
+    child.finish()
+    summary = tmp_path / "summary.csv"
+    summary.write_text("variant,test_acc_mean,seeds\nbase,0.75,2\npool-avg,0.5,2\narch-fc,,2\n")
+    (tmp_path / "results.csv").write_text("variant,seed,test_acc\nbase,0,0.75\n")
+    (tmp_path / "index.html").write_text("<html></html>")
+    config = {"study": "demo", "seeds": [0, 1], "data": {"dataset": "synthetic"}}
+    artifacts = [summary, tmp_path / "results.csv", tmp_path / "index.html"]
+    finish_study(setup, config, summary, artifacts)
+    parent = client.get_run(setup["parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics == {"test_acc_mean.base": 0.75, "test_acc_mean.pool-avg": 0.5}  # no mean: no metric
+    logged = {item.path for item in client.list_artifacts(parent.info.run_id, "study")}
+    assert logged == {"study/config.yaml", "study/summary.csv", "study/results.csv", "study/index.html"}
+    commit = git_commit()
+    assert commit != "unknown" and len(commit.removesuffix("+dirty")) == 40
+    for run in (parent, client.get_run(child.run_id)):
+        assert run.data.tags[GIT_COMMIT_TAG] == commit.removesuffix("+dirty")
+        assert run.data.tags["git_commit"] == commit
+    path = client.download_artifacts(parent.info.run_id, "study/config.yaml", str(tmp_path / "download"))
+    assert yaml.safe_load(Path(path).read_text()) == config

@@ -46,6 +46,14 @@ def test_rerunning_a_finished_study_does_nothing(own_tiny_study: Path) -> None:
     assert len(finished_runs(own_tiny_study, "tiny")) == before
 
 
+def test_a_reordered_but_equal_config_reruns_nothing(tiny_study: Path) -> None:
+    config = tiny_config(seeds=[0, 1])  # the fixture's config, keys in reverse order (as yaml.safe_dump sorts them)
+    config["data"]["synthetic"] = dict(reversed(config["data"]["synthetic"].items()))
+    config = dict(reversed(config.items()))
+    result = snakemake(tiny_study, write_config(tiny_study, config, "reordered.yaml"), "-n")
+    assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
+
+
 def test_eight_training_jobs_at_once_against_sqlite(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -24,6 +25,19 @@ SCHEMA_RESOURCE = "config.schema.yaml"
 
 class ConfigError(ValueError):
     """A study configuration that does not satisfy the schema; the message names the key."""
+
+
+def shorten(items: list[Any], limit: int = 20) -> str:
+    """A list for an error message: all of it when short, else the first ``limit`` items and the count."""
+    if len(items) <= limit:
+        return str(items)
+    return "[" + ", ".join(map(repr, items[:limit])) + f", ...] ({len(items)} in all)"
+
+
+def canonical(value: Any) -> str:
+    """A value as sorted JSON: what the workflow passes as ``params:``, so equal content in another key order
+    never looks changed to Snakemake (which compares params as written, and would rerun the job)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 @cache
@@ -113,7 +127,9 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     study = Study.from_config(instance)
     unknown = sorted(set(instance["analysis"]["interpret"]) - set(study.variants))
     if unknown:
-        raise ConfigError(f"analysis.interpret: unknown variant id(s) {unknown}; allowed: {list(study.variants)}")
+        raise ConfigError(
+            f"analysis.interpret: unknown variant id(s) {shorten(unknown)}; allowed: {shorten(list(study.variants))}"
+        )
     return instance
 
 

@@ -1,16 +1,20 @@
 """Device choice for a training job: one GPU slot per job, and the precision and memory format to use.
 
 Snakemake never assigns GPUs to local jobs, so each job claims a slot itself: an exclusive ``flock`` on
-one lock file per (GPU, slot), taken before CUDA initialises and held until the process exits. Under SLURM
+one lock file per (GPU, slot), taken before CUDA initialises and held until the process exits. The lock files
+live in a private folder of the user (mode 0700, see ``lock_dir``), so another user can neither block nor
+squat them; each user's jobs share GPUs only among themselves. Under SLURM
 (``SLURM_JOB_ID`` set) the scheduler already gave the job its GPU, and no lock is taken: every job there
 sees its GPU as device 0, so locks named by index would make jobs on one node wait for each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -40,9 +44,44 @@ class DeviceChoice:
         return "cpu"
 
 
+class LockDirError(PermissionError):
+    """The GPU lock folder is not private to this user; the message says which folder and what to do."""
+
+
+def default_lock_dir() -> Path:
+    """``$CNNABLATE_GPU_LOCK_DIR``, else ``$XDG_RUNTIME_DIR/cnnablate-gpu-locks`` (a per-user folder the login
+    session owns), else ``<system temp>/cnnablate-gpu-locks-<uid>``."""
+    if os.environ.get(LOCK_DIR_ENV):
+        return Path(os.environ[LOCK_DIR_ENV])
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(os.environ["XDG_RUNTIME_DIR"]) / "cnnablate-gpu-locks"
+    return Path(tempfile.gettempdir()) / f"cnnablate-gpu-locks-{os.getuid()}"
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` with mode 0700, or check that the existing folder is a real folder owned by this user with
+    no access for others: a folder someone else created first (or opened up) is refused, never used."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700, parents=True)
+    info = path.lstat()
+    problem = None
+    if not stat.S_ISDIR(info.st_mode):
+        problem = "is not a folder (or is a symbolic link)"
+    elif info.st_uid != os.getuid():
+        problem = f"belongs to uid {info.st_uid}, not to you (uid {os.getuid()})"
+    elif stat.S_IMODE(info.st_mode) & 0o077:
+        problem = f"has mode {stat.S_IMODE(info.st_mode):04o}; it must be private (0700)"
+    if problem:
+        raise LockDirError(
+            f"GPU lock folder {path} {problem}. Remove it if it is yours, or set {LOCK_DIR_ENV} to a private "
+            "folder of your own."
+        )
+    return path
+
+
 def lock_dir() -> Path:
-    """Shared folder for the GPU slot locks (one per machine; override with CNNABLATE_GPU_LOCK_DIR)."""
-    return Path(os.environ.get(LOCK_DIR_ENV, Path(tempfile.gettempdir()) / "cnnablate-gpu-locks"))
+    """This user's private folder for the GPU slot locks (created 0700 when missing)."""
+    return private_dir(default_lock_dir())
 
 
 def claim_gpu_slot(
@@ -58,7 +97,6 @@ def claim_gpu_slot(
     spread over GPUs before they share one.
     """
     directory = directory or lock_dir()
-    directory.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     waited = False
     while True:

@@ -1,5 +1,9 @@
 """MLflow tracking: one experiment and parent run per study (created once, upstream), one child run per job.
 
+The parent run holds the study: it is RUNNING from set-up until ``finish_study`` (the workflow's last MLflow
+step) logs the config, the tables, the report and each variant's mean accuracy and ends it FINISHED. Every run
+carries MLflow's standard ``mlflow.source.git.commit`` tag.
+
 Concurrency rules learned the hard way (mlflow #979, #10510, #20014): experiments are created by a single
 setup job, never by the parallel training jobs; the SQLite store runs in WAL mode; a job first marks its
 own stale RUNNING runs KILLED (a killed process never ends its run) and retires an older FINISHED run of
@@ -9,9 +13,13 @@ stay the source of truth; MLflow mirrors them.
 
 from __future__ import annotations
 
+import csv
+import functools
 import json
+import math
 import os
 import sqlite3
+import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -22,6 +30,33 @@ os.environ.setdefault("DO_NOT_TRACK", "true")
 
 JOB_KEY_TAG = "cnnablate.job_key"
 ROLE_TAG = "cnnablate.role"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+SOURCE_DIR = Path(__file__).resolve().parent
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the code that runs (the package's checkout), with '+dirty' when it has local changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10, cwd=SOURCE_DIR
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=SOURCE_DIR,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's standard commit tag (the bare hash, which the UI links) and ours (which says '+dirty')."""
+    commit = git_commit()
+    return {GIT_COMMIT_TAG: commit.removesuffix("+dirty"), "git_commit": commit}
 
 
 def resolve_tracking_uri(configured: str) -> str:
@@ -47,7 +82,7 @@ def _enable_wal(tracking_uri: str) -> None:
 
 
 def setup_study(study: str, configured_uri: str, output: str | Path, artifact_root: str | Path) -> dict[str, str]:
-    """Create (or find) the study's experiment and parent run; write their ids for the jobs to read."""
+    """Create (or find) the study's experiment and parent run (left RUNNING); write their ids for the jobs."""
     uri = resolve_tracking_uri(configured_uri)
     client = _client(uri)  # the first connection creates and migrates the SQLite schema
     _enable_wal(uri)
@@ -66,9 +101,8 @@ def setup_study(study: str, configured_uri: str, output: str | Path, artifact_ro
     if parents:
         parent_id = parents[0].info.run_id
     else:
-        parent = client.create_run(experiment_id, run_name=f"{study} (study)", tags={ROLE_TAG: "parent"})
-        parent_id = parent.info.run_id
-        client.set_terminated(parent_id, "FINISHED")
+        tags = {ROLE_TAG: "parent", **source_tags()}
+        parent_id = client.create_run(experiment_id, run_name=f"{study} (study)", tags=tags).info.run_id
     info = {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_id, "study": study}
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(info, indent=2) + "\n")
@@ -135,7 +169,12 @@ class JobRun(RunLogger):
         for run in previous:
             if run.info.status in ("RUNNING", "SCHEDULED"):
                 _retry(lambda run=run: client.set_terminated(run.info.run_id, "KILLED"))
-        all_tags = {JOB_KEY_TAG: job_key, "mlflow.parentRunId": setup["parent_run_id"], ROLE_TAG: "job"}
+        all_tags = {
+            JOB_KEY_TAG: job_key,
+            "mlflow.parentRunId": setup["parent_run_id"],
+            ROLE_TAG: "job",
+            **source_tags(),
+        }
         all_tags.update({key: _stringify(value) for key, value in tags.items()})
         run = _retry(lambda: client.create_run(experiment_id, run_name=run_name, tags=all_tags))
         super().__init__(client, run.info.run_id)
@@ -209,3 +248,26 @@ def sync_analyses(
                 logged += list(changed)
         synced[job_key] = {"run_id": logger.run_id, "logged": logged}
     return synced
+
+
+def variant_mean_accuracy(summary_csv: str | Path) -> dict[str, float]:
+    """``test_acc_mean.<variant>`` for every variant of the study's summary table that has a mean."""
+    with open(summary_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    means = {f"test_acc_mean.{row['variant']}": float(row["test_acc_mean"] or "nan") for row in rows}
+    return {key: value for key, value in means.items() if math.isfinite(value)}
+
+
+def finish_study(
+    setup: Mapping[str, str], config: Mapping[str, Any], summary_csv: str | Path, artifacts: Iterable[str | Path]
+) -> None:
+    """Give the parent run the whole study, then end it FINISHED: the config, the tables and the report as
+    artifacts (under ``study/``), each variant's mean test accuracy as a metric, the current commit as a tag."""
+    client = _client(setup["tracking_uri"])
+    parent = RunLogger(client, setup["parent_run_id"])
+    _retry(lambda: client.log_dict(parent.run_id, dict(config), "study/config.yaml"))
+    parent.log_artifacts(artifacts, artifact_path="study")
+    parent.log_metrics(variant_mean_accuracy(summary_csv))
+    for key, value in source_tags().items():
+        _retry(lambda key=key, value=value: client.set_tag(parent.run_id, key, value))
+    _retry(lambda: client.set_terminated(parent.run_id, "FINISHED"))

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
 from cnnablate.models import agc_parameter_groups
 from cnnablate.runs import build_for_dataset
+from cnnablate.tracking import git_commit
 
 log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
@@ -305,23 +305,6 @@ def cooldown_epochs(epoch: int, max_epochs: int, cooldown: float) -> int:
     return min(math.ceil(cooldown * epoch), max_epochs - epoch)
 
 
-def git_commit() -> str:
-    """The commit of the working tree that ran the job (with '+dirty' when it has local changes)."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-        return commit + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def package_versions() -> dict[str, str]:
     versions = {"python": platform.python_version(), "cnnablate": __version__}
     for name in ("torch", "numpy", "mlflow", "snakemake"):
@@ -359,7 +342,6 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
         {
             "variant": job.variant,
             "seed": job.seed,
-            "git_commit": git_commit(),
             "study": job.study,
         },
     )
@@ -373,7 +355,6 @@ def train(job: TrainJob) -> dict[str, Any]:
     timings: dict[str, float] = {"imports": IMPORTED_AT - started}
     clock = time.time()
     recipe = job.recipe
-    torch.set_num_threads(recipe["threads"])
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
     log.info(
         "job %s on %s (autocast %s, channels_last %s), peak lr %g",

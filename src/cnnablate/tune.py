@@ -95,7 +95,6 @@ def tune_variant(
     study: str = "",
 ) -> dict[str, Any]:
     """Sweep the learning-rate grid for one variant and write the choice (and the whole grid) to ``output``."""
-    torch.set_num_threads(recipe["threads"])
     arrays = tuning_subset(load_prepared(dataset, test=False), tune["train_subset"], tune["seed"])
     resume_file = Path(resume_file)
     fingerprint = json.dumps([spec, recipe, dict(tune)], sort_keys=True)

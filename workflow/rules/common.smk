@@ -2,8 +2,7 @@
 import os
 
 from cnnablate import layout
-from cnnablate.config import Study, validate_config
-from cnnablate.jobserver import JobServer
+from cnnablate.config import Study, canonical, validate_config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -42,7 +41,8 @@ def expand_runs(pattern):
 
 
 def variant_spec(wildcards):
-    return STUDY.variants[wildcards.variant].spec
+    """The variant's model spec as canonical JSON (see `canonical`: key order never reruns a job)."""
+    return canonical(STUDY.variants[wildcards.variant].spec)
 
 
 def ablation_tags(wildcards=None):
@@ -50,7 +50,7 @@ def ablation_tags(wildcards=None):
     members = {}
     for ablation, variant in STUDY.ablation_members():
         members.setdefault(variant, []).append(ablation)
-    return {variant: ",".join(names) for variant, names in members.items()}
+    return canonical({variant: ",".join(names) for variant, names in members.items()})
 
 
 def analysis_outputs(wildcards=None):
@@ -107,18 +107,3 @@ def dataset_archive(wildcards):
     if dataset in ("cifar10", "cifar100"):
         return str(archive_path(dataset, config["data"]["root"]))
     return []
-
-
-JOB_SERVER = JobServer()
-
-
-onstart:
-    JOB_SERVER.start()
-
-
-onsuccess:
-    JOB_SERVER.stop()
-
-
-onerror:
-    JOB_SERVER.stop()

@@ -33,6 +33,6 @@ rule prepare_data:
     conda:
         ENV
     params:
-        data=config["data"],
+        data=canonical(config["data"]),
     script:
         "../scripts/prepare_data.py"

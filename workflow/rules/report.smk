@@ -1,4 +1,4 @@
-# Gather every run: analyses into MLflow, interpretation figures, tables, figures and the HTML report.
+# Gather every run: interpretation figures, tables, figures and the HTML report; then everything into MLflow.
 
 
 rule mlflow_sync:
@@ -6,6 +6,9 @@ rule mlflow_sync:
         tracking=f"{RESULTS}/mlflow.json",
         metrics=expand_runs(f"{RUN}/metrics.json"),
         analyses=analysis_outputs,
+        results=f"{RESULTS}/results.csv",
+        summary=f"{RESULTS}/summary.csv",
+        html=f"{REPORTS}/index.html",
     output:
         f"{RESULTS}/mlflow_sync.json",
     log:
@@ -16,8 +19,9 @@ rule mlflow_sync:
     conda:
         ENV
     params:
-        analyses=lambda w: list(ANALYSES),
+        analyses=lambda w: canonical(list(ANALYSES)),
         ablations=ablation_tags,
+        config=canonical(config),
     script:
         "../scripts/mlflow_sync.py"
 
@@ -80,7 +84,9 @@ rule report:
     conda:
         ENV
     params:
-        analyses=lambda w: {name: a["study_outputs"] for name, a in ANALYSES.items()},
-        config=config,
+        analyses=lambda w: canonical(
+            {name: a["study_outputs"] for name, a in ANALYSES.items()}
+        ),
+        config=canonical(config),
     script:
         "../scripts/report.py"

@@ -67,8 +67,8 @@ rule rf_laws_study:
         ENV
     threads: 1
     params:
-        base=config["base"],
-        data=config["data"],
+        base=canonical(config["base"]),
+        data=canonical(config["data"]),
     script:
         "../scripts/rf_laws_study.py"
 

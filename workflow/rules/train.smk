@@ -34,6 +34,7 @@ rule train:
         f"{BENCHMARKS}/train/{{variant}}/seed{{seed}}.tsv"
     conda:
         ENV
+    # the recipe's threads are only the default: Snakemake's --set-threads and --cores decide torch's threads
     threads: config["train"]["threads"]
     resources:
         gpu=1,
@@ -42,7 +43,7 @@ rule train:
     params:
         study=STUDY.name,
         spec=variant_spec,
-        recipe=config["train"],
+        recipe=canonical(config["train"]),
         # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
         checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
     script:

@@ -1,5 +1,5 @@
 """Rule download_data: fetch a CIFAR archive once and verify its MD5."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import download_data
 
-run("download_data", snakemake)
+download_data(snakemake)

@@ -1,5 +1,5 @@
 """Rule interpret: filters, feature maps, saliency and Grad-CAM of one trained run."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import interpret
 
-run("interpret", snakemake)
+interpret(snakemake)

@@ -1,5 +1,5 @@
 """Rule measure: params, MACs, TRF and ERF (at initialisation and trained) of one run."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import measure
 
-run("measure", snakemake)
+measure(snakemake)

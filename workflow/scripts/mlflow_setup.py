@@ -1,5 +1,5 @@
-"""Rule mlflow_setup: create the study's experiment and parent run once, before any training job."""
+"""Rule mlflow_setup: create the study's experiment and its parent run (RUNNING until mlflow_sync), once."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import mlflow_setup
 
-run("mlflow_setup", snakemake)
+mlflow_setup(snakemake)

@@ -1,5 +1,5 @@
-"""Rule mlflow_sync: attach every run's analysis results to its MLflow run (idempotent)."""
+"""Rule mlflow_sync: analyses into every run's MLflow entry; config, tables, report and means into the parent run."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import mlflow_sync
 
-run("mlflow_sync", snakemake)
+mlflow_sync(snakemake)

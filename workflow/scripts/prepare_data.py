@@ -1,5 +1,5 @@
 """Rule prepare_data: the study's dataset as one canonical npz (synthetic, npz or CIFAR)."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import prepare_data
 
-run("prepare_data", snakemake)
+prepare_data(snakemake)

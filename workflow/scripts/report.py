@@ -1,5 +1,5 @@
 """Rule report: results.csv, summary.csv, figures and the self-contained HTML page of the study."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import report
 
-run("report", snakemake)
+report(snakemake)

@@ -1,5 +1,5 @@
 """Rule rf_laws: one run's ERF growth exponent along its depth, at initialisation and trained."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import rf_laws
 
-run("rf_laws", snakemake)
+rf_laws(snakemake)

@@ -1,5 +1,5 @@
 """Rule rf_laws_study: the receptive-field laws of the study beside the papers' statements, with figures."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import rf_laws_study
 
-run("rf_laws_study", snakemake)
+rf_laws_study(snakemake)

@@ -1,5 +1,5 @@
 """Rule shift_robustness: accuracy and prediction stability of one run under translated test images."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import shift_robustness
 
-run("shift_robustness", snakemake)
+shift_robustness(snakemake)

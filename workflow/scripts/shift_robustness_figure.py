@@ -1,5 +1,5 @@
 """Rule shift_robustness_figure: the study's shift-robustness figure and table."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import shift_robustness_figure
 
-run("shift_robustness_figure", snakemake)
+shift_robustness_figure(snakemake)

@@ -1,5 +1,5 @@
 """Rule train: one (variant, seed) through cnnablate.train (resumes from its checkpoint if one exists)."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import train
 
-run("train", snakemake)
+train(snakemake)

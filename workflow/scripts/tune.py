@@ -1,5 +1,5 @@
 """Rule tune: sweep the learning-rate grid for one variant on the validation split (never the test split)."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import tune
 
-run("tune", snakemake)
+tune(snakemake)

@@ -1,5 +1,5 @@
 """Rule tuning_table: every variant's learning-rate grid in one table."""
 
-from cnnablate.jobs import run
+from cnnablate.workflow_jobs import tuning_table
 
-run("tuning_table", snakemake)
+tuning_table(snakemake)

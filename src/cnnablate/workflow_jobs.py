@@ -1,0 +1,265 @@
+"""The workflow's jobs: one function per rule, called by the rule's script with Snakemake's ``snakemake`` object.
+
+Every script is two lines, e.g. ``from cnnablate.workflow_jobs import train`` and ``train(snakemake)``; an
+analysis of your own follows the same convention (a ``@workflow_job`` function in your module, see README).
+Snakemake starts, measures and kills each job's process itself; this module only makes that process cheap:
+a job imports only the modules its ``@workflow_job(...)`` names (this module imports no heavy library), and a
+finished job leaves through a flushed ``os._exit`` instead of tearing down torch and MLflow (1-2 s on a small
+CPU).
+
+Dict-valued params arrive as canonical JSON strings (``cnnablate.config.canonical``) and are decoded here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cnnablate import layout
+from cnnablate.logs import configure_logging
+
+log = logging.getLogger("cnnablate.jobs")
+
+Job = Callable[[Any], None]
+
+
+def _project_error(exc: BaseException) -> bool:
+    """The project's own errors carry a complete message for the user; anything else is a bug (traceback)."""
+    from cnnablate.config import ConfigError
+    from cnnablate.data import DataError
+
+    return isinstance(exc, ConfigError | DataError)
+
+
+def _leave(code: int) -> None:
+    """Flush every stream and log file, then exit without the interpreter's slow teardown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def workflow_job(*modules: str) -> Callable[[Job], Job]:
+    """Run ``function(snakemake)`` as a whole job: import ``modules`` (what the job needs; only them), log to the
+    rule's log file, report the project's own errors as one line (no traceback) with exit status 1, and exit
+    the process when done. The logged "job function took" time is the job's work, imports excluded
+    (benchmarks/overhead.py counts the imports as fixed cost)."""
+
+    def decorate(function: Job) -> Job:
+        @functools.wraps(function)
+        def job(smk: Any) -> None:
+            configure_logging(smk.log[0] if smk.log else None)
+            try:
+                for module in modules:
+                    importlib.import_module(module)
+                started = time.perf_counter()
+                function(smk)
+            except Exception as exc:
+                if _project_error(exc):
+                    log.error("%s: %s", function.__name__, " ".join(str(exc).split()))
+                else:
+                    log.exception("%s job failed", function.__name__)
+                _leave(1)
+            log.info("%s job function took %.3f s", function.__name__, time.perf_counter() - started)
+            _leave(0)
+
+        return job
+
+    return decorate
+
+
+def set_torch_threads(threads: int) -> None:
+    """Snakemake's ``threads`` for the job (the rule's default or ``--set-threads``) decide torch's threads."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    log.info("torch uses %d thread(s)", torch.get_num_threads())
+
+
+def run_dir(smk: Any) -> Path:
+    """The run folder of a per-run job (where its metrics.json lives)."""
+    return Path(smk.input.metrics).parent
+
+
+@workflow_job("cnnablate.data")
+def download_data(smk: Any) -> None:
+    from cnnablate.data import download_cifar
+
+    download_cifar(smk.params.dataset, smk.params.root)
+
+
+@workflow_job("cnnablate.data")
+def prepare_data(smk: Any) -> None:
+    from cnnablate.data import prepare_dataset
+
+    dataset = prepare_dataset(json.loads(smk.params.data))
+    dataset.save(smk.output[0])
+    log.info(
+        "%d train and %d test images of shape %s, %d classes -> %s",
+        len(dataset.y_train),
+        len(dataset.y_test),
+        dataset.x_train.shape[1:],
+        dataset.num_classes,
+        smk.output[0],
+    )
+
+
+@workflow_job("cnnablate.tracking", "mlflow.tracking")
+def mlflow_setup(smk: Any) -> None:
+    from cnnablate.tracking import setup_study
+
+    setup_study(smk.params.study, smk.params.tracking_uri, smk.output[0], smk.params.artifact_root)
+
+
+@workflow_job("cnnablate.train", "cnnablate.tune")
+def train(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.train import TrainJob
+    from cnnablate.train import train as train_run
+    from cnnablate.tune import chosen_lr
+
+    tuning = smk.input.get("tuning")
+    train_run(
+        TrainJob(
+            study=smk.params.study,
+            variant=smk.wildcards.variant,
+            seed=int(smk.wildcards.seed),
+            spec=json.loads(smk.params.spec),
+            recipe=json.loads(smk.params.recipe),
+            dataset=Path(smk.input.data),
+            run_dir=Path(smk.output.metrics).parent,
+            checkpoint=Path(smk.params.checkpoint),
+            lr=chosen_lr(tuning) if tuning else None,
+            tracking_setup=Path(smk.input.tracking),
+        )
+    )
+
+
+@workflow_job("cnnablate.tune")
+def tune(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.tune import tune_variant
+
+    tune_variant(
+        variant=smk.wildcards.variant,
+        spec=json.loads(smk.params.spec),
+        recipe=json.loads(smk.params.recipe),
+        tune=json.loads(smk.params.tune),
+        dataset=smk.input.data,
+        output=smk.output[0],
+        resume_file=smk.params.resume,
+        tracking_setup=smk.input.tracking,
+        study=smk.params.study,
+    )
+
+
+@workflow_job("cnnablate.tune")
+def tuning_table(smk: Any) -> None:
+    from cnnablate.tune import tuning_table as write_table
+
+    write_table(list(smk.input), smk.output[0])
+
+
+@workflow_job("cnnablate.run_measures")
+def measure(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.run_measures import measure_run
+
+    measure_run(
+        run_dir=run_dir(smk),
+        dataset=smk.input.data,
+        outputs=dict(smk.output.items()),
+        erf_images=smk.params.erf_images,
+        erf_canvas=smk.params.erf_canvas,
+    )
+
+
+@workflow_job("cnnablate.runs", "cnnablate.shift")
+def shift_robustness(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.runs import load_run
+    from cnnablate.shift import shift_robustness as shifted_accuracy
+
+    run = load_run(run_dir(smk), smk.input.data)
+    if run.metrics.get("diverged"):  # NaN logits would score as a constant predictor: record nothing instead
+        results = {f"shift_{kind}_{s}px": None for s in smk.params.shifts for kind in ("acc", "consistency")}
+    else:
+        results = shifted_accuracy(run.model, run.test, smk.params.shifts, run.autocast)
+    Path(smk.output[0]).write_text(json.dumps(results, indent=2) + "\n")
+
+
+@workflow_job("cnnablate.analysis_figures")
+def shift_robustness_figure(smk: Any) -> None:
+    from cnnablate.analysis_figures import shift_robustness_outputs
+
+    shift_robustness_outputs(list(smk.input), smk.output.figure, smk.output.table)
+
+
+@workflow_job("cnnablate.interpret", "cnnablate.runs")
+def interpret(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.interpret import interpret_run
+    from cnnablate.runs import load_run
+
+    interpret_run(load_run(run_dir(smk), smk.input.data), smk.output[0])
+
+
+@workflow_job("cnnablate.report")
+def report(smk: Any) -> None:
+    from cnnablate.config import Study
+    from cnnablate.report import build_report
+
+    build_report(
+        Study.from_config(json.loads(smk.params.config)),
+        metrics=list(smk.input.metrics),
+        tuning=list(smk.input.tuning),
+        interpret=list(smk.input.interpret),
+        analyses=json.loads(smk.params.analyses),
+        results_csv=smk.output.results,
+        summary_csv=smk.output.summary,
+        figures_dir=smk.output.figures,
+        html_path=smk.output.html,
+    )
+
+
+@workflow_job("cnnablate.rf_laws")
+def rf_laws(smk: Any) -> None:
+    from cnnablate.rf_laws import run_rf_laws
+
+    run_rf_laws(smk.input.measures, smk.output[0])
+
+
+@workflow_job("cnnablate.rf_laws")
+def rf_laws_study(smk: Any) -> None:
+    set_torch_threads(smk.threads)
+    from cnnablate.rf_laws import study_rf_laws
+
+    config = {"base": json.loads(smk.params.base), "data": json.loads(smk.params.data)}
+    study_rf_laws(config, [Path(path).parent for path in smk.input.metrics], dict(smk.output.items()))
+
+
+@workflow_job("cnnablate.tracking", "mlflow.tracking")
+def mlflow_sync(smk: Any) -> None:
+    from cnnablate.tracking import finish_study, read_setup, sync_analyses
+
+    setup = read_setup(smk.input.tracking)
+    runs = []
+    for metrics_path in smk.input.metrics:
+        metrics = json.loads(Path(metrics_path).read_text())
+        runs.append((layout.job_key(metrics["study"], metrics["variant"], metrics["seed"]), Path(metrics_path).parent))
+    synced = sync_analyses(setup, runs, json.loads(smk.params.analyses), json.loads(smk.params.ablations))
+    finish_study(
+        setup,
+        config=json.loads(smk.params.config),
+        summary_csv=smk.input.summary,
+        artifacts=[smk.input.summary, smk.input.results, smk.input.html],
+    )
+    Path(smk.output[0]).write_text(json.dumps(synced, indent=2) + "\n")
