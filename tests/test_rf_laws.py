@@ -24,7 +24,7 @@ from cnnablate.rf_laws import (
 )
 from conftest import tiny_config
 
-SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=2, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)
+SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=1, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)
 
 
 def test_uniform_stack_erf_grows_exactly_like_sqrt_n() -> None:
