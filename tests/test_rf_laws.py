@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnnablate.config import validate_config
+from cnnablate.config import Study, load_config, validate_config
 from cnnablate.measure import effective_rf
 from cnnablate.rf_laws import (
     LawSettings,
@@ -22,7 +22,7 @@ from cnnablate.rf_laws import (
     study_rf_laws,
     training_sentence,
 )
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
 SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=1, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)
 
@@ -144,3 +144,14 @@ def test_study_table_figures_and_verdicts(tmp_path: Path) -> None:
     trainability = pd.read_csv(outputs["trainability"]).set_index("variant")
     assert trainability.loc["base", "test_acc"] == pytest.approx(0.605)
     assert trainability.loc["residual-true", "residual"]
+
+
+def test_receptive_fields_study_crosses_depth_residual_and_norm() -> None:
+    study = Study.from_config(load_config(ROOT / "config" / "receptive_fields.yaml"))
+    depth = study.ablation_variants("depth")
+    specs = {
+        (s.spec["blocks_per_stage"], s.spec["residual"], s.spec["norm"])
+        for v, s in study.variants.items()
+        if v in depth
+    }
+    assert specs == {(d, r, n) for d in (1, 3, 6) for r in (False, True) for n in ("batch", "none")}

@@ -27,7 +27,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from cnnablate.measure import effective_rf
+from cnnablate.measure import ERFResult, effective_rf
 from cnnablate.models import build_model
 from cnnablate.results import mean_interval
 
@@ -155,7 +155,9 @@ def stack_rows(settings: LawSettings) -> pd.DataFrame:
 # The study's networks at initialisation
 
 
-def network_erf(spec: Mapping[str, Any], settings: LawSettings, num_classes: int = 10, in_channels: int = 3) -> Any:
+def network_erf(
+    spec: Mapping[str, Any], settings: LawSettings, num_classes: int = 10, in_channels: int = 3
+) -> ERFResult:
     """ERF of the last spatial feature map of ``spec`` at initialisation (seeded; random normal inputs)."""
     torch.manual_seed(settings.seed)
     model = build_model(spec, num_classes, in_channels, settings.image_size).eval()
