@@ -351,7 +351,7 @@ def training_rows(runs: StudyRuns) -> pd.DataFrame:
                 "growth": mean,
                 "growth_low": low,
                 "growth_high": high,
-                "runs": len(usable),
+                "erf_runs": len(usable),
             }
         )
     return pd.DataFrame(rows)
@@ -578,7 +578,9 @@ def trainability_figure(trainability: pd.DataFrame, training: pd.DataFrame, path
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
     for (norm, residual), rows in trainability.groupby(["norm", "residual"]):
         label = f"{'residual' if residual else 'plain'}, norm {norm}"
-        error = np.vstack([rows["test_acc"] - rows["test_acc_low"], rows["test_acc_high"] - rows["test_acc"]])
+        # Intervals clipped to the possible range [0, 1]: with two seeds the t interval is wide.
+        low, high = rows["test_acc_low"].clip(0, 1), rows["test_acc_high"].clip(0, 1)
+        error = np.vstack([rows["test_acc"] - low, high - rows["test_acc"]])
         axes[0].errorbar(
             rows["blocks_per_stage"],
             rows["test_acc"] * 100,
@@ -588,7 +590,8 @@ def trainability_figure(trainability: pd.DataFrame, training: pd.DataFrame, path
             label=label,
         )
     axes[0].set_xlabel("blocks per stage")
-    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].set_ylabel("test accuracy (%, 95% interval over seeds)")
+    axes[0].set_ylim(0, 100)
     axes[0].set_title("What made depth trainable")
     axes[0].legend(fontsize=8)
     positions = np.arange(len(training))
