@@ -101,11 +101,13 @@ def test_training_sentence_states_the_direction_and_the_pattern() -> None:
     row = {"variant": "base", "erf_std_init": 5.0, "erf_std_trained": 4.0, "growth": 0.8}
     shrank = pd.DataFrame([{**row, "growth_low": 0.7, "growth_high": 0.9}])
     text = training_sentence(shrank, "synthetic", 5)
-    assert "shrank base's ERF std from 5.00 to 4.00 px (x0.80)" in text and "5x5 pattern" in text and "1.41 px" in text
+    assert "training shrank base's ERF std: 5.00 -> 4.00 px (x0.80)" in text
+    assert "shrank in 1 and did not change in 0" in text and "5x5 pattern" in text and "1.41 px" in text
+    unchanged = pd.DataFrame([{**row, "growth": 0.97, "growth_low": 0.94, "growth_high": 1.01}])
+    assert "training did not change base's ERF std" in training_sentence(unchanged, "synthetic", 5)
     grew = pd.DataFrame([{**row, "growth": 1.2, "growth_low": math.nan, "growth_high": math.nan}])
-    assert "grew" in training_sentence(grew, "cifar10", None) and "pattern" not in training_sentence(
-        grew, "cifar10", None
-    )
+    text = training_sentence(grew, "cifar10", None)
+    assert "training grew" in text and "(one seed: no interval)" in text and "pattern" not in text
 
 
 def _fake_run(directory: Path, variant: str, seed: int, spec: dict, acc: float, growth: float) -> Path:
