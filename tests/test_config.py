@@ -56,7 +56,7 @@ def test_bad_config_names_the_key(change: dict, named: str) -> None:
     [
         ({"base": {"arch": "transformer"}}, "['fc', 'local', 'conv']"),
         ({"base": {"pool": "median"}}, "['max', 'avg', 'stride', 'none']"),
-        ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance']"),
+        ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance', 'nf']"),
         ({"base": {"kernel_size": 4}}, "odd integer"),
         ({"train": {"max_steps": 0}}, "Cap on optimiser steps"),
     ],

@@ -33,7 +33,7 @@ def block_shapes(model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
     itertools.product(
         ["fc", "local", "conv"],
         ["max", "avg", "stride", "none"],
-        ["none", "batch", "layer", "group", "instance"],
+        ["none", "batch", "layer", "group", "instance", "nf"],
     ),
 )
 def test_every_combination_builds_and_runs(arch: str, pool: str, norm: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cnnablate.config import validate_config
+from cnnablate.config import Study, load_config, validate_config
 from cnnablate.measure import effective_rf
 from cnnablate.rf_laws import (
     LawSettings,
@@ -22,9 +22,9 @@ from cnnablate.rf_laws import (
     study_rf_laws,
     training_sentence,
 )
-from conftest import tiny_config
+from conftest import ROOT, tiny_config
 
-SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=2, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)
+SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=1, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)
 
 
 def test_uniform_stack_erf_grows_exactly_like_sqrt_n() -> None:
@@ -101,11 +101,13 @@ def test_training_sentence_states_the_direction_and_the_pattern() -> None:
     row = {"variant": "base", "erf_std_init": 5.0, "erf_std_trained": 4.0, "growth": 0.8}
     shrank = pd.DataFrame([{**row, "growth_low": 0.7, "growth_high": 0.9}])
     text = training_sentence(shrank, "synthetic", 5)
-    assert "shrank base's ERF std from 5.00 to 4.00 px (x0.80)" in text and "5x5 pattern" in text and "1.41 px" in text
+    assert "training shrank base's ERF std: 5.00 -> 4.00 px (x0.80)" in text
+    assert "shrank in 1 and did not change in 0" in text and "5x5 pattern" in text and "1.41 px" in text
+    unchanged = pd.DataFrame([{**row, "growth": 0.97, "growth_low": 0.94, "growth_high": 1.01}])
+    assert "training did not change base's ERF std" in training_sentence(unchanged, "synthetic", 5)
     grew = pd.DataFrame([{**row, "growth": 1.2, "growth_low": math.nan, "growth_high": math.nan}])
-    assert "grew" in training_sentence(grew, "cifar10", None) and "pattern" not in training_sentence(
-        grew, "cifar10", None
-    )
+    text = training_sentence(grew, "cifar10", None)
+    assert "training grew" in text and "(one seed: no interval)" in text and "pattern" not in text
 
 
 def _fake_run(directory: Path, variant: str, seed: int, spec: dict, acc: float, growth: float) -> Path:
@@ -144,3 +146,14 @@ def test_study_table_figures_and_verdicts(tmp_path: Path) -> None:
     trainability = pd.read_csv(outputs["trainability"]).set_index("variant")
     assert trainability.loc["base", "test_acc"] == pytest.approx(0.605)
     assert trainability.loc["residual-true", "residual"]
+
+
+def test_receptive_fields_study_crosses_depth_residual_and_norm() -> None:
+    study = Study.from_config(load_config(ROOT / "config" / "receptive_fields.yaml"))
+    depth = study.ablation_variants("depth")
+    specs = {
+        (s.spec["blocks_per_stage"], s.spec["residual"], s.spec["norm"])
+        for v, s in study.variants.items()
+        if v in depth
+    }
+    assert specs == {(d, r, n) for d in (1, 3, 6) for r in (False, True) for n in ("batch", "none")}

@@ -12,11 +12,22 @@ import numpy as np
 import torch
 
 from cnnablate.filters import edge_match_score, first_conv_weight
-from cnnablate.measure import count_macs, count_params, effective_rf, theoretical_rf
+from cnnablate.measure import ERFResult, count_macs, count_params, effective_rf, theoretical_rf
 from cnnablate.models import block_outputs
 from cnnablate.runs import build_for_dataset, load_run
 
 log = logging.getLogger(__name__)
+
+
+def _erf_or_none(model: torch.nn.Module, **kwargs: Any) -> ERFResult | None:
+    """The ERF, or None where it is undefined: the input gradient is zero everywhere (every unit dead)."""
+    try:
+        return effective_rf(model, **kwargs)
+    except RuntimeError as exc:
+        if "zero everywhere" not in str(exc):
+            raise
+        log.warning("no ERF: %s", exc)
+        return None
 
 
 def _rf_summary(
@@ -31,8 +42,8 @@ def _rf_summary(
     except ValueError as exc:  # no spatial feature map: the MLP
         log.info("no receptive field: %s", exc)
         return {"trf": None, "erf": None}, None
-    erf = effective_rf(model, images=images, input_size=input_size, canvas=erf_canvas)
-    return {"trf": trf.to_dict(), "erf": erf.to_dict()}, erf.map
+    erf = _erf_or_none(model, images=images, input_size=input_size, canvas=erf_canvas)
+    return {"trf": trf.to_dict(), "erf": erf.to_dict() if erf else None}, erf.map if erf else None
 
 
 def erf_by_depth(
@@ -49,9 +60,9 @@ def erf_by_depth(
         row: dict[str, Any] = {"depth": depth, "layer": layer, "trf_size": trf.size[0]}
         stages = [("trained", trained, images), ("init", initial, None)] if trained else [("init", initial, None)]
         for stage, model, inputs in stages:
-            erf = effective_rf(model, images=inputs, input_size=input_size, layer=layer, canvas=erf_canvas)
-            row[f"erf_std_{stage}"] = erf.std_mean
-            row[f"erf_trf_ratio_{stage}"] = erf.erf_trf_ratio
+            erf = _erf_or_none(model, images=inputs, input_size=input_size, layer=layer, canvas=erf_canvas)
+            row[f"erf_std_{stage}"] = erf.std_mean if erf else None
+            row[f"erf_trf_ratio_{stage}"] = erf.erf_trf_ratio if erf else None
         rows.append(row)
     return rows
 
