@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from conftest import snakemake, tiny_config, write_config
 
 HEAVY = ("torchvision", "matplotlib", "seaborn", "captum")
@@ -68,11 +70,11 @@ def test_training_job_uses_snakemakes_threads_imports_little_and_exits_cleanly(t
         tmp_path,
         f"""
         from cnnablate.config import Study, canonical, validate_config
-        from cnnablate.data import make_synthetic
+        from cnnablate.data import make_synthetic, split_validation
         from cnnablate.tracking import setup_study
 
         config = validate_config({config!r})
-        make_synthetic(192, 64, contrast=0.6, seed=0).save("data.npz")
+        split_validation(make_synthetic(256, 64, contrast=0.6, seed=0), 64, seed=0).save("data.npz")
         setup_study("tiny", "sqlite:///mlflow.db", "mlflow.json", "artifacts")
         smk = SimpleNamespace(
             input=SimpleNamespace(data="data.npz", tracking="mlflow.json"),
@@ -95,6 +97,7 @@ def test_training_job_uses_snakemakes_threads_imports_little_and_exits_cleanly(t
     assert "heavy modules: []" in result.stdout
 
 
+@pytest.mark.e2e
 def test_a_failed_job_shows_its_reason_at_the_terminal(tmp_path) -> None:
     config = write_config(tmp_path, tiny_config(data={"dataset": "npz", "path": "missing.npz"}))
     result = snakemake(tmp_path, config, "--cores", "1", "results/tiny/data/dataset.npz", check=False)

@@ -126,7 +126,7 @@ def train(smk: Any) -> None:
     from cnnablate.train import train as train_run
     from cnnablate.tune import chosen_lr
 
-    tuning = smk.input.get("tuning")
+    tuning = getattr(smk.input, "tuning", None)
     train_run(
         TrainJob(
             study=smk.params.study,
