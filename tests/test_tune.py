@@ -102,3 +102,29 @@ def test_agc_clips_each_unit_as_the_nfnet_formula_says() -> None:
     expected = torch.tensor([[0.3, 0.4], [0.3 * 1e-4 / 0.5, 0.4 * 1e-4 / 0.5], [0.001, 0.0]])
     assert torch.allclose(weight.grad, expected, rtol=1e-5, atol=1e-9)
     assert math.isclose(float(weight.grad[0].norm()), 0.5, rel_tol=1e-6)
+
+
+def test_agc_clips_convolution_filters_one_output_channel_at_a_time() -> None:
+    weight = nn.Parameter(torch.ones(2, 3, 3, 3))  # each filter has norm sqrt(27)
+    weight.grad = torch.stack([torch.full((3, 3, 3), 10.0), torch.full((3, 3, 3), 1e-4)])
+    adaptive_clip_grad_([weight], clipping=0.01)
+    assert math.isclose(float(weight.grad[0].norm()), 0.01 * math.sqrt(27), rel_tol=1e-5)  # clipped
+    assert torch.equal(weight.grad[1], torch.full((3, 3, 3), 1e-4))  # ratio 1e-4 * sqrt(27) / sqrt(27) < 0.01
+
+
+def test_an_nf_network_trains_with_agc(tmp_path) -> None:
+    from cnnablate.devices import choose_device
+    from cnnablate.train import Schedule, fit_epoch, prepare_fit
+
+    config = validate_config(tiny_config(ablations={"norm": {"norm": ["nf"]}}))
+    arrays = split_validation(make_synthetic(256, 64, contrast=1.0, seed=0), 0.25, seed=0)
+    fit = prepare_fit(
+        Study.from_config(config).variants["norm-nf"].spec,
+        arrays,
+        0,
+        config["train"],
+        0.05,
+        choose_device("fp32", "off", 1, force_cpu=True),
+    )
+    row = fit_epoch(fit, Schedule(warmup_steps=1), 1, 0, config["train"])
+    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])

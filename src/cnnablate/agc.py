@@ -19,8 +19,8 @@ AGC_EPS = 1e-3
 def unitwise_norm(tensor: torch.Tensor) -> torch.Tensor:
     """L2 norm per output unit (dimension 0) for matrices and filters; the whole norm for vectors and scalars."""
     if tensor.ndim <= 1:
-        return tensor.norm()
-    return tensor.norm(dim=tuple(range(1, tensor.ndim)), keepdim=True)
+        return torch.linalg.vector_norm(tensor)
+    return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.ndim)), keepdim=True)
 
 
 @torch.no_grad()

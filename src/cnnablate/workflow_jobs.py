@@ -168,18 +168,22 @@ def tuning_table(smk: Any) -> None:
     write_table(list(smk.input), smk.output[0])
 
 
-@workflow_job("cnnablate.run_measures")
+@workflow_job("cnnablate.run_measures", "cnnablate.rf_laws")
 def measure(smk: Any) -> None:
     set_torch_threads(smk.threads)
+    from cnnablate.rf_laws import run_rf_laws
     from cnnablate.run_measures import measure_run
 
+    outputs = dict(smk.output.items())
+    rf_laws_output = outputs.pop("rf_laws")
     measure_run(
         run_dir=run_dir(smk),
         dataset=smk.input.data,
-        outputs=dict(smk.output.items()),
+        outputs=outputs,
         erf_images=smk.params.erf_images,
         erf_canvas=smk.params.erf_canvas,
     )
+    run_rf_laws(outputs["measures"], rf_laws_output)
 
 
 @workflow_job("cnnablate.runs", "cnnablate.shift")
@@ -228,13 +232,6 @@ def report(smk: Any) -> None:
         figures_dir=smk.output.figures,
         html_path=smk.output.html,
     )
-
-
-@workflow_job("cnnablate.rf_laws")
-def rf_laws(smk: Any) -> None:
-    from cnnablate.rf_laws import run_rf_laws
-
-    run_rf_laws(smk.input.measures, smk.output[0])
 
 
 @workflow_job("cnnablate.rf_laws")

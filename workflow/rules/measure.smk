@@ -1,4 +1,5 @@
-# Cost and receptive fields of every run: params, MACs, theoretical and effective receptive fields.
+# Cost and receptive fields of every run: params, MACs, theoretical and effective receptive fields, and the
+# ERF's growth exponent along the run's depth (rf_laws.json, read by the study's receptive-field laws).
 
 
 rule measure:
@@ -11,6 +12,7 @@ rule measure:
         erf_init=f"{RUN}/erf_init.npy",
         erf_trained=f"{RUN}/erf_trained.npy",
         figure=f"{RUN}/measures_erf.png",
+        rf_laws=f"{RUN}/rf_laws.json",
     log:
         f"{LOGS}/measure/{{variant}}/seed{{seed}}.log",
     benchmark:

@@ -1,21 +1,6 @@
 # Receptive-field laws (Luo et al. 2016, RepLKNet 2022): per run, the ERF's growth exponent along the
-# network's depth; per study, every law measured beside the paper's statement (cnnablate.rf_laws).
-
-
-rule rf_laws:
-    input:
-        measures=f"{RUN}/measures.json",
-    output:
-        f"{RUN}/rf_laws.json",
-    log:
-        f"{LOGS}/rf_laws/{{variant}}/seed{{seed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/rf_laws/{{variant}}/seed{{seed}}.tsv"
-    conda:
-        ENV
-    threads: 1
-    script:
-        "../scripts/rf_laws.py"
+# network's depth (RUN/rf_laws.json, written by the measure job, which has the numbers at hand); per study,
+# every law measured beside the paper's statement (cnnablate.rf_laws).
 
 
 rule rf_laws_study:
