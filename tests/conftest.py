@@ -110,7 +110,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the gpu-marked tests, saying why, where CUDA is absent."""
+    """Mark e2e every test that reads the tiny study (Snakemake makes it); skip the gpu-marked tests, saying why,
+    where CUDA is absent."""
+    for item in items:
+        if "tiny_study" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="gpu: needs CUDA, and torch.cuda.is_available() is False on this host")

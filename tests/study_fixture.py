@@ -27,7 +27,7 @@ from cnnablate.config import Study, validate_config
 DEMO_CONFIG = {
     "study": "fixture",
     "data": {"dataset": "synthetic"},
-    "train": {"max_steps": 256, "batch_size": 64, "lr": 0.1},
+    "train": {"max_steps": 256, "batch_size": 64, "lr": 0.1},  # 8 epochs of STEPS_PER_EPOCH
     "seeds": [0, 1, 2],
     "base": {"arch": "conv", "widths": [16, 32, 64], "blocks_per_stage": 2, "fc_hidden": [512, 256]},
     "ablations": {

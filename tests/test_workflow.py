@@ -1,19 +1,15 @@
-"""The workflow end to end on tiny configs: outputs, MLflow runs, reruns, concurrency and resume after SIGKILL."""
+"""The workflow end to end on tiny configs: outputs, MLflow runs, reruns and concurrency (resume after SIGKILL at
+every kill point: test_kill_points.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, SNAKEMAKE, snakemake, tiny_config, workflow_env, write_config
+from conftest import snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.e2e  # every test here runs Snakemake
 
@@ -73,78 +69,3 @@ def test_eight_training_jobs_at_once_against_sqlite(tmp_path: Path) -> None:
     )
     snakemake(tmp_path, config, "--cores", "8", *targets)
     assert len(finished_runs(tmp_path, "parallel")) == 8
-
-
-def _kill_training_process(workdir: Path, timeout: float = 300) -> None:
-    """SIGKILL the training job's process (not Snakemake) once its first checkpoint exists."""
-    checkpoint = workdir / "results/resume/checkpoints/base/seed0.pt"
-    deadline = time.time() + timeout
-    while not checkpoint.exists():
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if "train.py" in cmdline and cwd == str(workdir):
-            os.kill(int(pid), signal.SIGKILL)
-            return
-    raise AssertionError("training process not found")
-
-
-def test_training_killed_mid_run_resumes_to_the_same_result(tmp_path: Path) -> None:
-    recipe = {**tiny_config()["train"], "max_steps": 70, "patience": 50}
-    data = {"dataset": "synthetic", "synthetic": {"train_size": 1024, "test_size": 128, "contrast": 1.0}}
-    target = "results/resume/runs/base/seed0/metrics.json"
-    results = {}
-    for name in ("killed", "uninterrupted"):
-        workdir = tmp_path / name
-        workdir.mkdir()
-        config = write_config(workdir, tiny_config(study="resume", train=recipe, data=data, ablations={}))
-        if name == "killed":
-            process = subprocess.Popen(
-                [
-                    SNAKEMAKE,
-                    "-s",
-                    str(ROOT / "Snakefile"),
-                    "-d",
-                    str(workdir),
-                    "--configfile",
-                    str(config),
-                    "--cores",
-                    "1",
-                    target,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-                env=workflow_env(workdir),
-            )
-            _kill_training_process(workdir)
-            output = process.communicate(timeout=300)[0]
-            assert process.returncode != 0, output
-            assert not (workdir / target).exists()
-        snakemake(workdir, config, "--cores", "1", target)
-        results[name] = json.loads((workdir / target).read_text())
-        results[name + "_history"] = pd.read_csv(workdir / "results/resume/runs/base/seed0/history.csv")
-    log = (tmp_path / "killed/results/resume/logs/train/base/seed0.log").read_text()
-    assert "resumed from checkpoint" in log
-    assert results["killed"]["resumed_from_epoch"] >= 1
-    for key in ("test_acc", "test_loss", "val_acc", "train_loss", "epochs_completed", "steps", "lr"):
-        assert results["killed"][key] == results["uninterrupted"][key]
-    columns = ["epoch", "step", "train_loss", "train_acc", "val_loss", "val_acc", "lr"]
-    pd.testing.assert_frame_equal(results["killed_history"][columns], results["uninterrupted_history"][columns])
-    statuses = sorted(
-        r.info.status
-        for r in MlflowClient(f"sqlite:///{tmp_path}/killed/results/mlflow.db").search_runs(
-            [
-                MlflowClient(f"sqlite:///{tmp_path}/killed/results/mlflow.db")
-                .get_experiment_by_name("resume")
-                .experiment_id
-            ],
-            "tags.`cnnablate.role` = 'job'",
-        )
-    )
-    assert statuses == ["FINISHED", "KILLED"]

@@ -15,6 +15,7 @@ from cnnablate.filters import edge_match_score, first_conv_weight
 from cnnablate.measure import ERFResult, count_macs, count_params, effective_rf, theoretical_rf
 from cnnablate.models import block_outputs
 from cnnablate.runs import build_for_dataset, load_run
+from cnnablate.train import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -109,5 +110,6 @@ def measure_run(
     from cnnablate.figures import erf_pair_figure
 
     erf_pair_figure(map_init, map_trained, trained.metrics["variant"], outputs["figure"])
+    kill_point("measure")
     Path(outputs["measures"]).write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ HISTORY_FIELDS = [
     "elapsed_seconds",
 ]
 TRAINED_P_VALUE = 0.01
+KILL_AT_ENV = "CNNABLATE_KILL_AT"
 
 
 @dataclass
@@ -85,6 +87,16 @@ class TrainJob:
         stat = self.dataset.stat()
         payload = json.dumps([self.spec, self.recipe, self.peak_lr, self.seed, stat.st_size], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def kill_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when the environment variable CNNABLATE_KILL_AT equals ``name``.
+
+    tests/test_kill_points.py kills jobs at exact places (after epoch k's checkpoint, before metrics.json,
+    inside an analysis job) instead of racing a timer. Unset, it does nothing.
+    """
+    if os.environ.get(KILL_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def process_started_at() -> float:
@@ -457,6 +469,7 @@ def train(job: TrainJob) -> dict[str, Any]:
                 },
                 job.checkpoint,
             )
+            kill_point(f"epoch-{epoch}")
         training_done = time.time()
 
         test_data = DeviceDataset(
@@ -513,6 +526,7 @@ def train(job: TrainJob) -> dict[str, Any]:
         timings["first_step"] = (first_step_at or training_done) - started
         timings["finalize"] = time.time() - training_done
         metrics["overhead_seconds"] = timings
+        kill_point("before-metrics")
         (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if tracker is not None:
             tracker.log_metrics(
