@@ -123,8 +123,8 @@ def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_varia
         for line in result.stdout.splitlines()
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
-    assert counts["train"] == expected == 57
-    assert counts["tune"] == variants == 19 and counts["tuning_table"] == 1
+    assert counts["train"] == expected == 60
+    assert counts["tune"] == variants == 20 and counts["tuning_table"] == 1
     assert counts["download_data"] == 1 and counts["mlflow_setup"] == 1
 
 

@@ -23,7 +23,7 @@ PROFILE = ROOT / "profiles" / "slurm"
 # profiles/default (local runs) would otherwise be applied on top as the workflow profile: see the profile's header.
 SLURM_ARGS = ("--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2")
 REMOTE_RULES = {"prepare_data", "train", "measure", "shift_robustness", "interpret"}
-LOCAL_RULES = {"download_data", "mlflow_setup", "mlflow_sync", "shift_robustness_figure", "report"}
+LOCAL_RULES = {"download_data", "mlflow_setup", "mlflow_sync", "shift_robustness_figure", "tuning_table", "report"}
 
 # Stands in for sbatch, sinfo, sacct, ...: records each call as a JSON line; sbatch refuses every job, so the run
 # stops after the first wave of submissions, and sinfo names one default partition.
@@ -100,17 +100,21 @@ def touch(workdir: Path, *paths: str) -> None:
 
 
 @pytest.mark.e2e
-def test_train_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("rule", ["train", "tune"])
+def test_train_and_tune_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, monkeypatch, rule) -> None:
     settings = tiny_config(seeds=[0])
     settings["train"] = {**settings["train"], "threads": 3}
+    settings["tune"] = {**settings["tune"], "enabled": rule == "tune"}
     config = write_config(tmp_path, settings)
-    touch(tmp_path, "results/tiny/data/dataset.npz")  # skips prepare_data: the train jobs are the first wave
+    touch(tmp_path, "results/tiny/data/dataset.npz")  # skips prepare_data: train (or tune) is the first wave
     output, sbatch = run_with_fake_slurm(tmp_path, monkeypatch, config)
 
-    wanted = profile_resources("train")
-    train = {comment: args for comment, args in sbatch.items() if rule_of(comment) == "train"}
-    assert set(map(rule_of, sbatch)) == {"train"}, sorted(sbatch)
-    assert len(train) == len(study_jobs(settings)[0])
+    wanted = profile_resources(rule)
+    train = {comment: args for comment, args in sbatch.items() if rule_of(comment) == rule}
+    assert set(map(rule_of, sbatch)) == {rule}, sorted(sbatch)
+    assert len(train) == (
+        len(study_jobs(settings)[0]) if rule == "train" else len(Study.from_config(validate_config(settings)).variants)
+    )
     for comment, args in train.items():
         assert option(args, "--gpus") == "1", (comment, args)
         assert option(args, "--cpus-per-gpu") == "3", "cpus_per_gpu follows train.threads of the config"
@@ -122,7 +126,7 @@ def test_train_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, mo
         assert option(args, "-D") == str(tmp_path)
         assert "--export=ALL" in args, "jobs inherit MLFLOW_TRACKING_URI from the submitting shell"
         wrapped = option(args, "--wrap")
-        assert "--executor slurm-jobstep" in wrapped and "--allowed-rules train" in wrapped
+        assert "--executor slurm-jobstep" in wrapped and f"--allowed-rules {rule}" in wrapped
         assert "--cores 'all'" in wrapped, "the job step uses its allocation, not the login node's core count"
 
     # A local rule ran here (it wrote its output) and nothing local went to sbatch.
@@ -133,7 +137,7 @@ def test_train_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp_path, mo
 
 @pytest.mark.e2e
 def test_analysis_and_data_jobs_request_cpus_memory_and_runtime_but_no_gpu(tmp_path, monkeypatch) -> None:
-    settings = tiny_config(seeds=[0])
+    settings = tiny_config(seeds=[0], tune={"enabled": False})
     config = write_config(tmp_path, settings)
     runs, interpret = study_jobs(settings)
     touch(tmp_path, "results/tiny/data/dataset.npz", "results/tiny/mlflow.json")
@@ -212,11 +216,16 @@ def test_tiny_study_runs_on_the_slurm_cluster(tmp_path: Path) -> None:
     per_run = len(runs) * seeds
     assert counts == {
         "prepare_data": 1,
+        "tune": len(runs),
         "train": per_run,
         "measure": per_run,
         "shift_robustness": per_run,
         "interpret": interpret,
+        "rf_laws_study": 1,
     }, counts
     assert not LOCAL_RULES & set(by_rule)
-    assert all("gres/gpu=1" in tres for tres in by_rule["train"]), by_rule["train"]
-    assert not any("gres/gpu" in tres for rule, tres_list in by_rule.items() if rule != "train" for tres in tres_list)
+    gpu_rules = {"train", "tune"}
+    assert all("gres/gpu=1" in tres for rule in gpu_rules for tres in by_rule[rule]), by_rule
+    assert not any(
+        "gres/gpu" in tres for rule, tres_list in by_rule.items() if rule not in gpu_rules for tres in tres_list
+    )
