@@ -225,7 +225,8 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 **{axis: first[axis] for axis in model_axes()},
                 "seeds": len(group),
                 "trained_runs": int(trained.sum()),
-                "trained": bool(trained.all()) and bool(tuning.get(variant, {}).get("trained", True)),
+                # the converged final runs are the evidence; the short tuning runs only chose the learning rate
+                "trained": bool(trained.all()),
                 "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
                 "lr_source": first.get("lr_source"),
