@@ -87,6 +87,7 @@ def server(tmp_path: Path):
         log.close()
 
 
+@pytest.mark.e2e
 @pytest.mark.mlflow_server
 def test_tiny_study_is_tracked_by_the_authenticated_server(server: str, tmp_path: Path, monkeypatch) -> None:
     secrets = credentials()
