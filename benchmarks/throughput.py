@@ -32,7 +32,7 @@ from cnnablate.data import make_synthetic, prepare_dataset
 from cnnablate.devices import choose_device
 from cnnablate.loader import DeviceDataset
 from cnnablate.runs import build_for_dataset
-from cnnablate.train import epoch_generator, lr_multiplier, make_optimizer, make_step, run_epoch
+from cnnablate.train import epoch_generator, make_optimizer, make_step, run_epoch
 
 
 def textbook_loader(
@@ -91,7 +91,7 @@ def job_overhead(config_path: Path, variant: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         config = load_config(config_path)
-        config["train"]["epochs"] = 1
+        config["train"]["max_steps"] = 1  # one epoch: the cap ends the run after its first epoch
         prepare_dataset(config["data"]).save(root / "data.npz")
         from cnnablate.tracking import setup_study
 
@@ -204,8 +204,7 @@ def main() -> None:
     _, height, _, channels = arrays.x_train.shape
     model = build_for_dataset(spec, arrays, seed=0).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
-    optimizer = make_optimizer(model, recipe, choice.device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, 10**9, 0, "constant"))
+    optimizer = make_optimizer(model, recipe, recipe["lr"], choice.device)
     step = make_step(
         model,
         optimizer,
@@ -227,7 +226,16 @@ def main() -> None:
     )
 
     def project_epoch(epoch: int) -> None:
-        run_epoch(step, scheduler, data, batch_size, recipe, epoch_generator(0, epoch, choice.device))
+        run_epoch(
+            step,
+            optimizer,
+            lambda _: recipe["lr"],
+            0,
+            data,
+            batch_size,
+            recipe,
+            epoch_generator(0, epoch, choice.device),
+        )
 
     def ceiling_epoch(_: int) -> None:
         for images, labels in premade:

@@ -70,9 +70,9 @@ class TrainJob:
     dataset: Path
     run_dir: Path
     checkpoint: Path
-    lr: float | None = None  # None: the recipe's shared learning rate
     tracking_setup: Path | None = None
     force_cpu: bool = False
+    lr: float | None = None  # None: the recipe's shared learning rate
 
     @property
     def peak_lr(self) -> float:
