@@ -76,10 +76,37 @@ class FixtureStudy:
     def results(self) -> str:
         return str(self.root / layout.results_dir(self.study.name))
 
+    def build_report(self, out: Path) -> dict:
+        """The report rule's job on this study's declared inputs, writing its outputs under ``out``."""
+        from cnnablate.report import build_report
+
+        return build_report(
+            self.study,
+            metrics=self.metrics,
+            tuning=self.tuning,
+            interpret=self.interpret,
+            analyses=self.analyses,
+            results_csv=out / "results.csv",
+            summary_csv=out / "summary.csv",
+            figures_dir=out / "figures",
+            html_path=out / "index.html",
+        )
+
 
 def _gaussian_map(size: int, std: float) -> np.ndarray:
     grid = np.arange(size) - (size - 1) / 2
     return np.exp(-(grid[:, None] ** 2 + grid[None, :] ** 2) / (2 * std**2))
+
+
+def _erf_summary(std: float, trf: int) -> dict:
+    """An ERF entry of measures.json for a square Gaussian map of this std."""
+    return {
+        "std": [std, std],
+        "std_mean": std,
+        "erf_size": [2.5 * std] * 2,
+        "erf_trf_ratio": 2.5 * std / trf,
+        "radius95": 2 * std,
+    }
 
 
 def _measures(spec: dict, accuracy: float, seed: int) -> dict:
@@ -121,20 +148,8 @@ def _measures(spec: dict, accuracy: float, seed: int) -> dict:
         "macs": macs,
         "flops": 2 * macs,
         "trf": {"size": [trf, trf], "stride": [4, 4]},
-        "erf": {
-            "std": [std_trained, std_trained],
-            "std_mean": std_trained,
-            "erf_size": [2.5 * std_trained] * 2,
-            "erf_trf_ratio": 2.5 * std_trained / trf,
-            "radius95": 2 * std_trained,
-        },
-        "erf_init": {
-            "std": [std_init, std_init],
-            "std_mean": std_init,
-            "erf_size": [2.5 * std_init] * 2,
-            "erf_trf_ratio": 2.5 * std_init / trf,
-            "radius95": 2 * std_init,
-        },
+        "erf": _erf_summary(std_trained, trf),
+        "erf_init": _erf_summary(std_init, trf),
         "erf_growth": std_trained / std_init,
         "erf_by_depth": rows,
         "edge_match_init": 0.4,

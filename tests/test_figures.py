@@ -11,7 +11,6 @@ import pytest
 from matplotlib.figure import Figure
 
 from cnnablate import figures, layout
-from cnnablate.report import build_report
 from study_fixture import write_study
 from text_overlap import overlapping_pairs
 
@@ -49,17 +48,7 @@ def test_no_text_overlaps_in_any_report_figure(
         np.load(run / layout.ERF_INIT), np.load(run / layout.ERF_TRAINED), "base", tmp_path / "erf.png"
     )
     figures.erf_pair_figure(None, None, "arch-fc", tmp_path / "erf_fc.png")
-    build_report(
-        fixture.study,
-        metrics=fixture.metrics,
-        tuning=fixture.tuning,
-        interpret=fixture.interpret,
-        analyses=fixture.analyses,
-        results_csv=tmp_path / "results.csv",
-        summary_csv=tmp_path / "summary.csv",
-        figures_dir=tmp_path / "figures",
-        html_path=tmp_path / "index.html",
-    )
+    fixture.build_report(tmp_path)
     written = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert written <= set(saved_figures) and {"shift_robustness.png", "erf.png"} <= set(saved_figures)
     assert any(name.startswith("lr_") for name in written) == interface

@@ -17,7 +17,7 @@ import pytest
 from scipy import stats
 
 from cnnablate.figures import pareto_front
-from cnnablate.report import block_verdict, build_report, depth_trend, erf_depth_table, method_notes, table_rows
+from cnnablate.report import block_verdict, depth_trend, erf_depth_table, method_notes, table_rows
 from cnnablate.results import collect_results, difference_interval, mean_interval, read_tuning, summarize
 from conftest import snakemake
 from study_fixture import FixtureStudy, write_study
@@ -131,17 +131,7 @@ def test_depth_caption_says_what_the_numbers_show(fixture_study: FixtureStudy) -
 @pytest.mark.parametrize("interface", [True, False], ids=["with-tuning", "older-runs"])
 def test_page_opens_with_the_summary_and_states_its_provenance(tmp_path: Path, interface: bool) -> None:
     fixture = write_study(tmp_path, interface=interface)
-    outcome = build_report(
-        fixture.study,
-        metrics=fixture.metrics,
-        tuning=fixture.tuning,
-        interpret=fixture.interpret,
-        analyses=fixture.analyses,
-        results_csv=tmp_path / "results.csv",
-        summary_csv=tmp_path / "summary.csv",
-        figures_dir=tmp_path / "figures",
-        html_path=tmp_path / "index.html",
-    )
+    outcome = fixture.build_report(tmp_path)
     page = (tmp_path / "index.html").read_text()
     headings = re.findall(r"<h2>([^<]+)</h2>", page)
     assert headings[0] == "Summary" and page.index('id="summary-table"') < page.index('id="ablations"')
