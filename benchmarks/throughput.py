@@ -1,7 +1,8 @@
 """Training throughput, side by side and interleaved: the project's loop, its ceiling, and a textbook loop.
 
-(a) project: cnnablate.train.run_epoch, the loop every training job runs (device-resident uint8 data,
-    batched tensor augmentation, metrics accumulated on the device);
+(a) project: cnnablate.train.run_to_convergence for one epoch, the loop every training job runs
+    (device-resident data, batched tensor augmentation, metrics accumulated on the device, the schedule, and
+    the epoch's validation check on a one-batch validation split);
 (b) ceiling: the same step function over batches made before timing (forward, backward, optimizer step only);
 (c) textbook: a torchvision dataset with per-sample PIL transforms and a DataLoader with workers.
 
@@ -28,11 +29,9 @@ import torch
 from torch import nn
 
 from cnnablate.config import Study, load_config
-from cnnablate.data import make_synthetic, prepare_dataset
+from cnnablate.data import ArrayDataset, make_synthetic, prepare_dataset
 from cnnablate.devices import choose_device
-from cnnablate.loader import DeviceDataset
-from cnnablate.runs import build_for_dataset
-from cnnablate.train import epoch_generator, make_optimizer, make_step, run_epoch
+from cnnablate.train import epoch_generator, prepare_fit, run_to_convergence
 
 
 def textbook_loader(
@@ -196,22 +195,16 @@ def main() -> None:
         else prepare_dataset(config["data"])
     )
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], args.cpu)
-    data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
     spec = Study.from_config(config).variants[args.variant].spec
-    batch_size = min(recipe["batch_size"], len(data))
-    images_per_epoch = data.steps_per_epoch(batch_size) * batch_size
-
-    _, height, _, channels = arrays.x_train.shape
-    model = build_for_dataset(spec, arrays, seed=0).to(choice.device)
-    model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
-    optimizer = make_optimizer(model, recipe, recipe["lr"], choice.device)
-    step = make_step(
-        model,
-        optimizer,
-        nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"]),
-        choice,
-        recipe["compile"],
+    # the validation split is one small batch: (a) pays the per-epoch check's synchronisation, not its work
+    arrays = ArrayDataset(
+        arrays.x_train, arrays.y_train, None, None, arrays.classes, arrays.x_train[:64], arrays.y_train[:64]
     )
+    batch_size = min(recipe["batch_size"], len(arrays.y_train))
+    steps_per_epoch = len(arrays.y_train) // batch_size
+    fit = prepare_fit(spec, arrays, 0, recipe | {"eval_every": steps_per_epoch}, recipe["lr"], choice, steps_per_epoch)
+    data, step = fit.train_data, fit.step
+    images_per_epoch = steps_per_epoch * batch_size
     premade = list(
         data.train_batches(batch_size, epoch_generator(0, 0, choice.device), recipe["crop_padding"], recipe["flip"])
     )
@@ -225,17 +218,8 @@ def main() -> None:
         choice.device.type == "cuda",
     )
 
-    def project_epoch(epoch: int) -> None:
-        run_epoch(
-            step,
-            optimizer,
-            lambda _: recipe["lr"],
-            0,
-            data,
-            batch_size,
-            recipe,
-            epoch_generator(0, epoch, choice.device),
-        )
+    def project_epoch(_: int) -> None:
+        run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
 
     def ceiling_epoch(_: int) -> None:
         for images, labels in premade:
@@ -274,8 +258,9 @@ def main() -> None:
         )
     ratios = {"a/b": rates["a_project"] / rates["b_ceiling"], "a/c": rates["a_project"] / rates["c_textbook"]}
     print("ratios: " + ", ".join(f"{k} = {v:.3f}" for k, v in ratios.items()))
+    _, height, _, channels = arrays.x_train.shape
     floor = floor_estimate(
-        model,
+        fit.model,
         (channels, height, height),
         images_per_epoch,
         batch_size,
@@ -302,7 +287,7 @@ def main() -> None:
         result["job_overhead_seconds"] = overhead
         print("one training job in a fresh process, seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in overhead.items()))
         print(
-            "  (imports, data, model = optimizer set-up incl. torch._dynamo import, tracking_start = MLflow run,"
+            "  (imports, data = reading the dataset file, tracking_start = MLflow run,"
             " first_step = process start to first step, finalize = writing files and MLflow artifacts)"
         )
     if args.json:

@@ -203,7 +203,7 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
     config = validate_config({**DEMO_CONFIG, "seeds": list(seeds)})
     if interface:
         config["analysis"]["speed_fraction"] = 0.9
-        config["tune"] = {"enabled": True, "lrs": LRS, "epochs": 2, "train_subset": 0.5}
+        config["tune"] = {"enabled": True, "lrs": LRS, "max_steps": 64, "train_subset": 0.5}
     study = Study.from_config(config)
     fixture = FixtureStudy(study, root)
     results = fixture.results

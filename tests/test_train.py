@@ -1,18 +1,23 @@
-"""The training loop: augmentation ops, schedule, early stopping, determinism, resume, divergence."""
+"""The training loop: augmentation ops, schedule, the stopping rule, outcomes, retries, determinism, resume,
+divergence, and the optimiser that stands in for torch.optim.SGD."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from cnnablate.config import Study, validate_config
 from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.loader import DeviceDataset, random_crop_flip
-from cnnablate.train import Plateau, Schedule, TrainJob, above_chance, cooldown_epochs, train
+from cnnablate.train import Convergence, NesterovSGD, Schedule, TrainJob, above_chance, train
 from conftest import recording_layers, tiny_config
 
 
@@ -69,22 +74,48 @@ def test_schedule_warms_up_holds_then_decays_to_zero_from_where_it_was_told() ->
     assert not schedule.finished(119) and schedule.finished(120)
 
 
-def test_plateau_counts_epochs_without_a_real_improvement_in_accuracy_or_loss() -> None:
-    plateau = Plateau(min_delta=0.01)
-    for accuracy, loss in ((0.5, 1.0), (0.6, 0.9), (0.605, 0.895), (0.6, 0.95), (0.62, 0.9)):
-        plateau.update(accuracy, loss)
-    assert plateau.best == 0.62 and plateau.best_loss == 0.895 and plateau.since == 0
-    plateau.update(0.625, 0.89)  # neither moved by min_delta
-    assert plateau.since == 1 and plateau.best == 0.625
-    plateau.update(0.1, 0.87)  # a slow start: accuracy flat, loss still falling
-    assert plateau.since == 0
+def test_convergence_counts_steps_since_any_signal_improved_by_min_delta_on_its_scale() -> None:
+    convergence = Convergence(min_delta=0.01, chance_loss=2.0)  # losses must fall by 0.02 nats
+    convergence.update(10, 0.5, 1.0, 1.5)
+    convergence.update(20, 0.6, 0.9, 1.4)
+    assert convergence.improved_at == 20
+    convergence.update(30, 0.605, 0.885, 1.39)  # +0.005 accuracy, -0.015 and -0.01 nats: none counts
+    assert convergence.improved_at == 20 and convergence.best_val_acc == 0.605
+    convergence.update(40, 0.1, 5.0, 1.35)  # validation collapsed (lagging batch-norm statistics), training fits
+    assert convergence.improved_at == 40
+    assert convergence.best_val_loss == 0.885 and convergence.best_train_loss == 1.35
 
 
-def test_cooldown_is_a_fraction_of_the_run_within_the_cap() -> None:
-    assert cooldown_epochs(10, 100, 0.2) == 2
-    assert cooldown_epochs(11, 100, 0.2) == 3  # rounded up to whole epochs
-    assert cooldown_epochs(95, 100, 0.2) == 5  # never past the cap
-    assert cooldown_epochs(10, 100, 0.0) == 0
+def test_a_run_trained_when_its_training_loss_left_the_loss_of_guessing() -> None:
+    convergence = Convergence(min_delta=0.01, chance_loss=2.0)
+    convergence.update(10, 0.11, 2.0, 1.85)  # 92.5% of ln C: still guessing
+    assert not convergence.trained
+    convergence.update(20, 0.11, 2.0, 1.75)  # 87.5%: it optimises, whatever validation says
+    assert convergence.trained
+
+
+def test_nesterov_sgd_steps_exactly_as_torch_optim_sgd() -> None:
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    theirs = copy.deepcopy(ours)
+    optimizer = NesterovSGD(ours, lr=0.1, momentum=0.9, weight_decay=0.01)
+    reference = torch.optim.SGD(
+        [
+            {"params": [p for p in theirs.parameters() if p.ndim >= 2], "weight_decay": 0.01},
+            {"params": [p for p in theirs.parameters() if p.ndim < 2], "weight_decay": 0.0},
+        ],
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+    )
+    for _ in range(5):
+        batch = torch.randn(8, 4)
+        for model, opt in ((ours, optimizer), (theirs, reference)):
+            opt.zero_grad()
+            model(batch).square().mean().backward()
+            opt.step()
+    for mine, reference_parameter in zip(ours.parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(mine, reference_parameter, rtol=1e-6, atol=1e-7)
 
 
 def test_above_chance_is_a_one_sided_binomial_test() -> None:
@@ -156,15 +187,30 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
 
-def test_early_stopping_starts_the_cooldown_after_patience_epochs_without_improvement(tmp_path) -> None:
-    # lr 1e-6 moves neither validation accuracy nor loss by min_delta: patience 2 ends the stable phase after
-    # epoch 3 (the first epoch sets the best), then the cool-down lasts ceil(0.5 * 3) = 2 epochs: 5 epochs.
-    metrics = train(make_job(tmp_path, "flat", lr=1e-6, max_steps=300, patience=2, cooldown=0.5, min_delta=0.5))
-    assert metrics["stop_reason"] == "plateau" and metrics["epochs_completed"] == 5 and metrics["steps"] == 15
-    lrs = [
-        float(line.split(",")[6]) for line in (tmp_path / "flat" / "run" / "history.csv").read_text().splitlines()[1:]
-    ]
-    assert lrs[2] == pytest.approx(1e-6) and lrs[-1] < lrs[3] < lrs[2]
+def test_the_cooldown_starts_after_patience_steps_without_improvement(tmp_path) -> None:
+    # lr 1e-6 moves nothing by min_delta 0.5: the first check (step 3) sets the bests, patience 6 steps ends the
+    # stable phase at step 9, then the cool-down lasts ceil(0.5 * 9) = 5 steps, ending mid-epoch at step 14.
+    metrics = train(
+        make_job(tmp_path, "flat", lr=1e-6, max_steps=300, patience=6, min_steps=0, cooldown=0.5, min_delta=0.5)
+    )
+    assert metrics["stop_reason"] == "plateau" and metrics["steps"] == 14 and metrics["epochs_completed"] == 5
+    history = pd.read_csv(tmp_path / "flat" / "run" / "history.csv")
+    assert history["step"].tolist() == [3, 6, 9, 12, 14]
+    assert history["lr"][2] == pytest.approx(1e-6) and history["lr"].iloc[-1] < history["lr"][3] < history["lr"][2]
+
+
+def test_no_run_is_judged_converged_before_its_minimum_budget(tmp_path) -> None:
+    metrics = train(
+        make_job(tmp_path, "patient", lr=1e-6, max_steps=300, patience=3, min_steps=21, cooldown=0.0, min_delta=0.5)
+    )
+    assert metrics["stop_reason"] == "plateau" and metrics["steps"] == 21
+
+
+def test_validation_runs_every_eval_every_steps_within_long_epochs(tmp_path) -> None:
+    metrics = train(make_job(tmp_path, "often", max_steps=6, eval_every=1))
+    history = pd.read_csv(tmp_path / "often" / "run" / "history.csv")
+    assert history["step"].tolist() == [1, 2, 3, 4, 5, 6] and history["epoch"].tolist() == [1, 1, 1, 2, 2, 2]
+    assert metrics["epochs_completed"] == 2 and metrics["steps"] == 6
 
 
 def _brightness_classes(path: Path) -> None:
@@ -177,16 +223,39 @@ def _brightness_classes(path: Path) -> None:
     ).save(path)
 
 
-def test_a_run_that_does_not_learn_is_marked_not_trained(tmp_path) -> None:
+def test_a_run_that_does_not_optimise_did_not_train_and_one_stopped_by_the_cap_is_not_converged(tmp_path) -> None:
     _brightness_classes(tmp_path / "data.npz")
     still = train(make_job(tmp_path, "still", lr=1e-9, max_steps=6, label_smoothing=0.0))
-    assert still["trained"] is False and still["chance"] == 0.1
-    learned = train(make_job(tmp_path, "learns", lr=0.2, max_steps=60, patience=20))
-    assert learned["trained"] is True and learned["val_acc"] > 0.3
+    assert still["outcome"] == "did_not_train" and still["trained"] is False and still["chance"] == 0.1
+    assert still["best_train_loss"] > 0.9 * math.log(10)
+    learned = train(make_job(tmp_path, "learns", lr=0.2, max_steps=60, patience=60, min_steps=60))
+    assert learned["outcome"] == "not_converged" and learned["stop_reason"] == "cap"
+    assert learned["trained"] is True and learned["converged"] is False and learned["val_acc"] > 0.3
+
+
+def test_a_final_run_far_below_its_tuning_run_is_retried_once_at_the_next_lower_rate(tmp_path) -> None:
+    tuning = {
+        "chosen_lr": 0.05,
+        "grid": [
+            {"lr": 0.01, "val_acc": 0.2, "val_loss": 2.0},
+            {"lr": 0.02, "val_acc": 0.2, "val_loss": 2.0},
+            {"lr": 0.05, "val_acc": 1.0, "val_loss": 0.1},  # no tiny run reaches this: the run falls short
+        ],
+    }
+    job = dataclasses.replace(make_job(tmp_path, "retry", max_steps=6), tuning=tuning)
+    metrics = train(job)
+    assert metrics["retried"] is True and [a["lr"] for a in metrics["attempts"]] == [0.05, 0.02]
+    assert metrics["attempts"][0]["tuning_val_acc"] == 1.0 and metrics["attempts"][1]["tuning_val_acc"] == 0.2
+    best = max(metrics["attempts"], key=lambda attempt: attempt["val_acc"])
+    assert metrics["lr"] == best["lr"] and metrics["val_acc"] == best["val_acc"]
+    assert metrics["lr_source"] == "tuned" and not list(tmp_path.glob("retry/checkpoint*"))
+    tuning["grid"][2]["val_acc"] = 0.0  # a final run at least as good as its tuning run is not retried
+    again = train(dataclasses.replace(job, run_dir=tmp_path / "again"))
+    assert again["retried"] is False and len(again["attempts"]) == 1 and again["lr"] == 0.05
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, caplog) -> None:
-    recipe = {"max_steps": 300, "patience": 1, "cooldown": 0.5, "min_delta": 0.2}
+    recipe = {"max_steps": 300, "patience": 3, "min_steps": 0, "cooldown": 0.5, "min_delta": 0.2}
     full = train(make_job(tmp_path, "full", **recipe))
     job = make_job(tmp_path, "resumed", **recipe)
     _train_epochs_then_stop(job, 2)  # after the plateau decision: the schedule's decay state is resumed too
@@ -208,7 +277,7 @@ def test_a_checkpoint_of_another_recipe_is_ignored(tmp_path, caplog) -> None:
     job = make_job(tmp_path, "changed", max_steps=9)
     _train_epochs_then_stop(job, 1)
     changed = make_job(tmp_path, "changed", max_steps=9, lr=0.01)
-    assert changed.fingerprint() != job.fingerprint()
+    assert changed.fingerprint(changed.peak_lr) != job.fingerprint(job.peak_lr)
     caplog.set_level("INFO")
     metrics = train(changed)
     assert "ignoring checkpoint" in caplog.text and metrics["resumed_from_epoch"] is None

@@ -1,4 +1,5 @@
-"""Learning-rate selection on the validation split, and adaptive gradient clipping for norm-free networks."""
+"""Learning-rate selection on the validation split with the final run's own loop, the search past the grid's
+edges, and adaptive gradient clipping for norm-free networks."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from torch import nn
 from cnnablate.agc import adaptive_clip_grad_
 from cnnablate.config import Study, validate_config
 from cnnablate.data import make_synthetic, split_validation
-from cnnablate.tune import GridPoint, select_lr, tune_variant
+from cnnablate.train import train
+from cnnablate.tune import GridPoint, next_rate_past_edge, select_lr, try_learning_rate, tune_variant
 from conftest import tiny_config
+from test_train import make_job
 
 
 def point(lr: float, acc: float | None, loss: float | None = 1.0, diverged: bool = False) -> GridPoint:
@@ -36,7 +39,7 @@ def test_a_diverged_point_never_wins() -> None:
 
 
 def _tune_setup(tmp_path):
-    config = validate_config(tiny_config(tune={"lrs": [0.01, 0.1], "epochs": 1, "train_subset": 0.5}))
+    config = validate_config(tiny_config(tune={"lrs": [0.01, 0.1], "max_steps": 3, "train_subset": 0.5, "extend": 0}))
     dataset = tmp_path / "data.npz"
     split_validation(make_synthetic(256, 64, contrast=1.0, seed=0), 0.25, seed=0).save(dataset)
     spec = Study.from_config(config).variants["base"].spec
@@ -114,7 +117,7 @@ def test_agc_clips_convolution_filters_one_output_channel_at_a_time() -> None:
 
 def test_an_nf_network_trains_with_agc(tmp_path) -> None:
     from cnnablate.devices import choose_device
-    from cnnablate.train import Schedule, fit_epoch, prepare_fit
+    from cnnablate.train import prepare_fit, run_to_convergence
 
     config = validate_config(tiny_config(ablations={"norm": {"norm": ["nf"]}}))
     arrays = split_validation(make_synthetic(256, 64, contrast=1.0, seed=0), 0.25, seed=0)
@@ -125,6 +128,48 @@ def test_an_nf_network_trains_with_agc(tmp_path) -> None:
         config["train"],
         0.05,
         choose_device("fp32", "off", 1, force_cpu=True),
+        max_steps=3,
     )
-    row = fit_epoch(fit, Schedule(warmup_steps=1), 1, 0, config["train"])
-    assert math.isfinite(row["train_loss"]) and math.isfinite(row["val_loss"])
+    progress = run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
+    assert not progress.diverged and progress.step == 3
+    assert math.isfinite(progress.history[-1]["train_loss"]) and math.isfinite(progress.history[-1]["val_loss"])
+
+
+def test_tuning_runs_the_final_runs_loop_so_the_same_budget_gives_the_same_validation_accuracy(tmp_path) -> None:
+    job = make_job(tmp_path, "final", max_steps=9, patience=3, min_steps=0)
+    final = train(job)
+    from cnnablate.data import load_prepared
+
+    tune = {"seed": job.seed, "max_steps": 9}
+    tuned = try_learning_rate(job.spec, load_prepared(job.dataset, test=False), job.recipe, tune, job.peak_lr)
+    assert tuned.val_acc == final["val_acc"] and tuned.steps == final["steps"]
+    assert tuned.stop_reason == final["stop_reason"] and tuned.trained == final["trained"]
+
+
+def test_the_search_steps_past_the_edge_holding_the_best_rate_within_its_bounds() -> None:
+    tune = {"extend": 2, "lr_range": [1e-4, 4.0]}
+    assert next_rate_past_edge([point(0.01, 0.4), point(0.1, 0.6)], tune) == pytest.approx(1.0)
+    assert next_rate_past_edge([point(0.01, 0.6), point(0.1, 0.4)], tune) == pytest.approx(0.001)
+    assert next_rate_past_edge([point(0.01, 0.4), point(0.03, 0.7), point(0.1, 0.6)], tune) is None
+    assert next_rate_past_edge([point(1.0, 0.4), point(3.0, 0.6)], tune) is None  # 3.0 -> 9.0 > 4.0
+    extended = GridPoint(1.0, 0.7, 1.0, [0.7], False, extended=True)
+    assert next_rate_past_edge([point(0.01, 0.4), point(0.1, 0.6), extended], {**tune, "extend": 1}) is None
+
+
+def test_tuning_extends_the_grid_while_the_best_rate_sits_at_its_edge(tmp_path, monkeypatch) -> None:
+    import cnnablate.tune as tuning
+
+    config, spec, dataset = _tune_setup(tmp_path)
+    accuracy = {0.01: 0.2, 0.1: 0.5, 1.0: 0.6, 10.0: 0.1}
+    tried: list[tuple[float, bool]] = []
+
+    def fake(spec, arrays, recipe, tune, lr, extended=False):  # type: ignore[no-untyped-def]
+        tried.append((lr, extended))
+        return GridPoint(lr, accuracy[lr], 1.0, [accuracy[lr]], False, True, 3, "cap", extended)
+
+    monkeypatch.setattr(tuning, "try_learning_rate", fake)
+    tune = {**config["tune"], "extend": 2, "lr_range": [1e-4, 20.0]}
+    result = tune_variant("base", spec, config["train"], tune, dataset, tmp_path / "t.json", tmp_path / "r.pt")
+    assert tried == [(0.01, False), (0.1, False), (1.0, True), (10.0, True)]
+    assert result["chosen_lr"] == 1.0 and [p["lr"] for p in result["grid"]] == [0.01, 0.1, 1.0, 10.0]
+    assert [p["extended"] for p in result["grid"]] == [False, False, True, True]

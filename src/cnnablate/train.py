@@ -1,12 +1,22 @@
-"""Train one (variant, seed) until it converges: a short loop you can read top to bottom, resumable, tracked,
-deterministic on CPU.
+"""Train one (variant, seed) until it has stopped improving: a loop you can read top to bottom, resumable,
+tracked, deterministic on CPU.
 
-Data lives on the device; augmentation is batched tensor ops; metrics accumulate on the device and are read
-once per epoch (no host synchronisation inside the step). The learning rate warms up, stays at its peak until
-the validation accuracy stops improving, then cools down linearly over a fraction of the steps run so far
-(a warmup-stable-decay schedule, stretched to the actual run). The test split is read once, at the end. A
-checkpoint is written after every epoch to a path outside the job's declared outputs (Snakemake deletes those
-when a job fails), so a rerun resumes, early-stopping state included.
+Data lives on the device; augmentation is batched tensor ops; losses and accuracies accumulate on the device and
+are read only at validation checks (every ``eval_every`` steps at most, at least once per epoch). The learning
+rate warms up, holds its peak while the run still improves, then cools down linearly over a fraction of the
+steps run so far (warmup-stable-decay, stretched to the actual run). A run has stopped improving when neither
+its validation accuracy, its validation loss nor its training loss has improved by ``min_delta`` (relative to
+their scale: 1 for accuracy, ln C for losses) for ``patience`` steps, and never before ``min_steps``: reading the
+training loss keeps a network that is still fitting (with batch-norm statistics lagging in eval mode) from
+being stopped on a noisy validation curve.
+
+The tuning runs (``cnnablate.tune``) run this very loop on their own budget, so the learning rate they pick is
+tried under the schedule the final run uses. A final run that ends more than ``RETRY_GAP`` validation points
+below its tuning run at the same rate is retried once at the next lower rate of the grid; both attempts are
+recorded and the one with the better validation accuracy is kept. The test split is read once, at the end.
+
+A checkpoint is written after every epoch to a path outside the job's declared outputs (Snakemake deletes those
+when a job fails), so a rerun resumes, schedule and stopping state included.
 """
 
 from __future__ import annotations
@@ -21,7 +31,7 @@ import platform
 import signal
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -49,13 +59,15 @@ HISTORY_FIELDS = [
     "val_loss",
     "val_acc",
     "lr",
-    "epoch_seconds",
+    "segment_seconds",
     "images_per_second",
     "eval_seconds",
     "elapsed_seconds",
 ]
-TRAINED_P_VALUE = 0.01
+TRAINED_LOSS_FRACTION = 0.9  # a run trained when its training loss fell below this fraction of ln C
+RETRY_GAP = 0.05  # validation accuracy a final run may lose against its tuning run before it is retried
 KILL_AT_ENV = "CNNABLATE_KILL_AT"
+CHECKPOINT_FORMAT = 2  # part of every checkpoint's fingerprint: a checkpoint of an older layout never resumes
 
 
 @dataclass
@@ -72,20 +84,44 @@ class TrainJob:
     checkpoint: Path
     tracking_setup: Path | None = None
     force_cpu: bool = False
-    lr: float | None = None  # None: the recipe's shared learning rate
+    lr: float | None = None  # None: the tuned rate when ``tuning`` is given, else the recipe's shared rate
+    tuning: Mapping[str, Any] | None = None  # the variant's learning-rate search (cnnablate.tune), if tuned
 
     @property
     def peak_lr(self) -> float:
-        return self.recipe["lr"] if self.lr is None else self.lr
+        if self.lr is not None:
+            return self.lr
+        return self.tuning["chosen_lr"] if self.tuning else self.recipe["lr"]
 
     @property
     def job_key(self) -> str:
         return layout.job_key(self.study, self.variant, self.seed)
 
-    def fingerprint(self) -> str:
+    def tuning_point(self, lr: float) -> Mapping[str, Any] | None:
+        """The tuning run at ``lr``, when the search tried it."""
+        points = self.tuning["grid"] if self.tuning else []
+        return next((point for point in points if point["lr"] == lr), None)
+
+    def retry_lr(self, attempt: Attempt) -> float | None:
+        """The next lower rate of the search when ``attempt`` ended RETRY_GAP below its tuning run, else None."""
+        point = self.tuning_point(attempt.lr)
+        if point is None or point["val_acc"] is None:
+            return None
+        if attempt.val_acc is not None and attempt.val_acc >= point["val_acc"] - RETRY_GAP:
+            return None
+        lower = [p["lr"] for p in self.tuning["grid"] if p["lr"] < attempt.lr]  # type: ignore[index]
+        return max(lower) if lower else None
+
+    def checkpoint_for(self, lr: float) -> Path:
+        """One checkpoint per attempt: a finished first attempt survives while the retry trains."""
+        return (
+            self.checkpoint if lr == self.peak_lr else self.checkpoint.with_name(f"{self.checkpoint.stem}.lr{lr:g}.pt")
+        )
+
+    def fingerprint(self, lr: float) -> str:
         """Identifies what a checkpoint was trained for; a changed spec or recipe never resumes from it."""
         stat = self.dataset.stat()
-        payload = json.dumps([self.spec, self.recipe, self.peak_lr, self.seed, stat.st_size], sort_keys=True)
+        payload = json.dumps([CHECKPOINT_FORMAT, self.spec, self.recipe, lr, self.seed, stat.st_size], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -135,46 +171,138 @@ class Schedule:
 
 
 @dataclass
-class Plateau:
-    """Early-stopping bookkeeping: the best validation accuracy and loss, and the epochs since either improved.
+class Convergence:
+    """Stopping bookkeeping: the best validation accuracy, validation loss and training loss, and the step at
+    which any of them last improved.
 
-    An epoch improves when the accuracy rises, or the loss falls, by at least ``min_delta``: a network still
-    in its slow start (accuracy flat near chance, loss creeping down) keeps training; a stuck one does not.
+    A check improves when the accuracy rises by ``min_delta``, or either loss falls by ``min_delta`` x ln C (the
+    loss of guessing, the losses' natural scale). Reading the training loss too keeps a network that is still
+    fitting, but whose validation curve is noisy or lagging, from being stopped.
     """
 
     min_delta: float
-    best: float = -1.0
-    best_loss: float = math.inf
-    since: int = 0
+    chance_loss: float
+    best_val_acc: float = -math.inf
+    best_val_loss: float = math.inf
+    best_train_loss: float = math.inf
+    improved_at: int = 0
 
-    def update(self, accuracy: float, loss: float) -> None:
-        improved = accuracy > self.best + self.min_delta or loss < self.best_loss - self.min_delta
-        self.best, self.best_loss = max(self.best, accuracy), min(self.best_loss, loss)
-        self.since = 0 if improved else self.since + 1
+    def update(self, step: int, val_acc: float, val_loss: float, train_loss: float) -> None:
+        loss_delta = self.min_delta * self.chance_loss
+        if (
+            val_acc > self.best_val_acc + self.min_delta
+            or val_loss < self.best_val_loss - loss_delta
+            or train_loss < self.best_train_loss - loss_delta
+        ):
+            self.improved_at = step
+        self.best_val_acc = max(self.best_val_acc, val_acc)
+        self.best_val_loss = min(self.best_val_loss, val_loss)
+        self.best_train_loss = min(self.best_train_loss, train_loss)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the run optimised at all: its training loss fell below TRAINED_LOSS_FRACTION x ln C.
+
+        Defined on the training set, not on validation: a network that fits its training images but does not
+        generalise trained (and is compared as such); one whose loss never left the loss of guessing did not.
+        """
+        return self.best_train_loss < TRAINED_LOSS_FRACTION * self.chance_loss
 
 
-def above_chance(correct: int, total: int, chance: float) -> bool:
-    """Whether ``correct`` of ``total`` beats guessing: one-sided binomial test at p < TRAINED_P_VALUE."""
+@dataclass
+class Progress:
+    """Where a run stands: everything a checkpoint must hold to resume it exactly, model and optimiser aside."""
+
+    schedule: Schedule
+    convergence: Convergence
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs_completed: int = 0
+    train_seconds: float = 0.0
+    stop_reason: str = "cap"
+    diverged: bool = False
+
+    @property
+    def step(self) -> int:
+        return int(self.history[-1]["step"]) if self.history else 0
+
+    @property
+    def finished(self) -> bool:
+        return self.diverged or self.schedule.finished(self.step)
+
+    @property
+    def outcome(self) -> str:
+        """diverged | did_not_train | not_converged (stopped by the cap while improving) | converged."""
+        if self.diverged:
+            return "diverged"
+        if not self.convergence.trained:
+            return "did_not_train"
+        return "not_converged" if self.stop_reason == "cap" else "converged"
+
+    def state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Progress:
+        return cls(
+            **{
+                **state,
+                "schedule": Schedule(**state["schedule"]),
+                "convergence": Convergence(**state["convergence"]),
+            }
+        )
+
+
+def above_chance(correct: int, total: int, chance: float, p_value: float = 0.01) -> bool:
+    """Whether ``correct`` of ``total`` beats guessing: one-sided binomial test at ``p_value``."""
     from scipy.stats import binom
 
-    return bool(binom.sf(correct - 1, total, chance) < TRAINED_P_VALUE)
+    return bool(binom.sf(correct - 1, total, chance) < p_value)
 
 
-def make_optimizer(model: nn.Module, recipe: Mapping[str, Any], lr: float, device: torch.device) -> torch.optim.SGD:
-    """Nesterov SGD; weight decay only on weights of rank >= 2; fused kernels on CUDA."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [
-        {"params": decay, "weight_decay": recipe["weight_decay"]},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    fused = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(groups, lr=lr, momentum=recipe["momentum"], nesterov=recipe["momentum"] > 0, **fused)
+class NesterovSGD:
+    """Nesterov SGD with decoupled parameter groups, as a few foreach tensor ops.
+
+    Equal to ``torch.optim.SGD(nesterov=True, dampening=0)`` step for step, without importing torch.optim's
+    machinery (every ``torch.optim.Optimizer`` pulls in torch._dynamo: seconds of start-up per job). Weight decay
+    applies to weights of rank >= 2 only (not to norms and biases).
+    """
+
+    def __init__(self, model: nn.Module, lr: float, momentum: float, weight_decay: float) -> None:
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        self.decayed = [p for p in parameters if p.ndim >= 2]
+        self.plain = [p for p in parameters if p.ndim < 2]
+        self.parameters = self.decayed + self.plain
+        self.momentum_buffers = [torch.zeros_like(p) for p in self.parameters]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+
+    def zero_grad(self) -> None:
+        for parameter in self.parameters:
+            parameter.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        if self.weight_decay and self.decayed:
+            grads[: len(self.decayed)] = torch._foreach_add(
+                grads[: len(self.decayed)], self.decayed, alpha=self.weight_decay
+            )
+        if self.momentum:
+            torch._foreach_mul_(self.momentum_buffers, self.momentum)
+            torch._foreach_add_(self.momentum_buffers, grads)
+            grads = torch._foreach_add(grads, self.momentum_buffers, alpha=self.momentum)
+        torch._foreach_add_(self.parameters, grads, alpha=-self.lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"momentum_buffers": self.momentum_buffers}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for buffer, saved in zip(self.momentum_buffers, state["momentum_buffers"], strict=True):
+            buffer.copy_(saved)
 
 
 def make_step(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: NesterovSGD,
     loss_fn: nn.Module,
     choice: DeviceChoice,
     compile_mode: str,
@@ -190,7 +318,7 @@ def make_step(
         with autocast(choice.device, choice.autocast_dtype):
             logits = forward(images)
             loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad()
         loss.backward()
         if clip is not None:
             adaptive_clip_grad_(*clip)
@@ -203,30 +331,6 @@ def make_step(
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """The random stream of one epoch (order, crops, flips): a resumed run replays it exactly."""
     return torch.Generator(device=device).manual_seed(seed * 100_003 + epoch)
-
-
-def run_epoch(
-    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    lr_at: Callable[[int], float],
-    first_step: int,
-    data: DeviceDataset,
-    batch_size: int,
-    recipe: Mapping[str, Any],
-    generator: torch.Generator,
-) -> tuple[float, float]:
-    """One pass over the training set; loss and accuracy accumulate on the device and sync once at the end."""
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), device=data.device, dtype=torch.long)
-    batches = data.train_batches(batch_size, generator, recipe["crop_padding"], recipe["flip"])
-    for offset, (images, labels) in enumerate(batches):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(first_step + offset)
-        loss, hits = step(images, labels)
-        loss_sum += loss * labels.shape[0]
-        correct += hits
-    seen = data.steps_per_epoch(batch_size) * batch_size
-    return loss_sum.item() / seen, correct.item() / seen
 
 
 @torch.no_grad()
@@ -246,24 +350,50 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
 
 @dataclass
 class Fit:
-    """One model being trained on the device: what tuning and final training share."""
+    """One model being trained on the device, with the recipe it follows: what tuning and final training share."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: NesterovSGD
     step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     train_data: DeviceDataset
     val_data: DeviceDataset
-    batch_size: int
+    recipe: Mapping[str, Any]
     peak_lr: float
+    seed: int
+    max_steps: int
+    chance_loss: float
     choice: DeviceChoice
+
+    @property
+    def batch_size(self) -> int:
+        return min(self.recipe["batch_size"], len(self.train_data))
 
     @property
     def steps_per_epoch(self) -> int:
         return self.train_data.steps_per_epoch(self.batch_size)
 
+    def check_steps(self) -> set[int]:
+        """Steps within an epoch (1-based offsets) after which validation runs: evenly spaced, at most
+        ``eval_every`` apart, the last at the epoch's end."""
+        per_epoch = math.ceil(self.steps_per_epoch / self.recipe["eval_every"])
+        return {round(i * self.steps_per_epoch / per_epoch) for i in range(1, per_epoch + 1)}
+
+    def new_progress(self) -> Progress:
+        warmup = round(self.recipe["warmup_epochs"] * self.steps_per_epoch)
+        return Progress(
+            Schedule(warmup_steps=max(1, min(warmup, self.max_steps - 1))),
+            Convergence(self.recipe["min_delta"], self.chance_loss),
+        )
+
 
 def prepare_fit(
-    spec: Mapping[str, Any], arrays: ArrayDataset, seed: int, recipe: Mapping[str, Any], lr: float, choice: DeviceChoice
+    spec: Mapping[str, Any],
+    arrays: ArrayDataset,
+    seed: int,
+    recipe: Mapping[str, Any],
+    lr: float,
+    choice: DeviceChoice,
+    max_steps: int | None = None,
 ) -> Fit:
     """The variant's model as seeded, its optimiser and step, and the training and validation splits on the device."""
     train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
@@ -272,49 +402,114 @@ def prepare_fit(
     )
     model = build_for_dataset(spec, arrays, seed).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
-    optimizer = make_optimizer(model, recipe, lr, choice.device)
+    optimizer = NesterovSGD(model, lr, recipe["momentum"], recipe["weight_decay"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
     clip = (agc_parameter_groups(model)["clipped"], recipe["agc_clipping"]) if spec["norm"] == "nf" else None
     step = make_step(model, optimizer, loss_fn, choice, recipe["compile"], clip)
-    batch_size = min(recipe["batch_size"], len(train_data))
-    return Fit(model, optimizer, step, train_data, val_data, batch_size, lr, choice)
-
-
-def fit_epoch(fit: Fit, schedule: Schedule, epoch: int, seed: int, recipe: Mapping[str, Any]) -> dict[str, float]:
-    """Train one epoch on the schedule, then score the validation split (skipped once the loss is not finite)."""
-    first_step = (epoch - 1) * fit.steps_per_epoch
-    started = time.time()
-    train_loss, train_acc = run_epoch(
-        fit.step,
-        fit.optimizer,
-        lambda step: fit.peak_lr * schedule.multiplier(step),
-        first_step,
-        fit.train_data,
-        fit.batch_size,
-        recipe,
-        epoch_generator(seed, epoch, fit.choice.device),
+    cap = recipe["max_steps"] if max_steps is None else max_steps
+    return Fit(
+        model, optimizer, step, train_data, val_data, recipe, lr, seed, cap, math.log(arrays.num_classes), choice
     )
-    seconds = time.time() - started
-    val_loss, val_acc, eval_started = math.nan, math.nan, time.time()
-    if math.isfinite(train_loss):
-        val_loss, val_acc = evaluate(fit.model, fit.val_data, recipe["eval_batch_size"], fit.choice)
-    return {
+
+
+def decide_cooldown(fit: Fit, progress: Progress) -> None:
+    """At a check: start the final decay once the run has stopped improving (after ``min_steps``), or when the
+    cap leaves no more room than the cool-down needs. Decided once; the schedule remembers it."""
+    recipe, step, schedule = fit.recipe, progress.step, progress.schedule
+    if schedule.decay_start is not None:
+        return
+    cooldown = math.ceil(recipe["cooldown"] * step)
+    stalled = step >= recipe["min_steps"] and step - progress.convergence.improved_at >= recipe["patience"]
+    if stalled or step + cooldown >= fit.max_steps:
+        progress.stop_reason = "plateau" if stalled else "cap"
+        schedule.start_decay(step, min(cooldown, fit.max_steps - step))
+        log.info(
+            "%s at step %d: the learning rate decays to zero over %d steps",
+            progress.stop_reason,
+            step,
+            schedule.decay_steps,
+        )
+
+
+def run_to_convergence(
+    fit: Fit, progress: Progress, after_check: Callable[[dict[str, float]], None], after_epoch: Callable[[], None]
+) -> Progress:
+    """Train from ``progress`` until the schedule ends or the loss diverges, checking validation as it goes.
+
+    ``after_check`` gets each history row (logging, tracking); ``after_epoch`` runs at each epoch's end
+    (checkpoints). Everything random is drawn from the epoch's own generator, so a run resumed at an epoch's
+    start replays the same steps.
+    """
+    checks, device = fit.check_steps(), fit.choice.device
+    while not progress.finished:
+        epoch = progress.epochs_completed + 1
+        step = progress.step
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen, started = 0, time.time()
+        batches = fit.train_data.train_batches(
+            fit.batch_size, epoch_generator(fit.seed, epoch, device), fit.recipe["crop_padding"], fit.recipe["flip"]
+        )
+        for offset, (images, labels) in enumerate(batches, start=1):
+            fit.optimizer.lr = fit.peak_lr * progress.schedule.multiplier(step)
+            loss, hits = fit.step(images, labels)
+            loss_sum += loss * labels.shape[0]
+            correct += hits
+            seen, step = seen + labels.shape[0], step + 1
+            if offset not in checks and step < fit.max_steps and not progress.schedule.finished(step):
+                continue
+            seconds = time.time() - started
+            row = check(fit, progress, epoch, step, loss_sum.item() / seen, correct.item() / seen, seconds)
+            after_check(row)
+            if progress.finished:
+                break
+            loss_sum.zero_(), correct.zero_()
+            seen, started = 0, time.time()
+        progress.epochs_completed = epoch
+        after_epoch()
+    return progress
+
+
+def check(
+    fit: Fit, progress: Progress, epoch: int, step: int, train_loss: float, train_acc: float, seconds: float
+) -> dict[str, float]:
+    """A validation check: score the validation split, record the row, update the stopping state."""
+    eval_started = time.time()
+    progress.train_seconds += seconds
+    if not math.isfinite(train_loss):
+        progress.diverged, progress.stop_reason = True, "diverged"
+        val_loss, val_acc = math.nan, math.nan
+        log.warning("step %d: the training loss is %s; the run diverged and stops here", step, train_loss)
+    else:
+        val_loss, val_acc = evaluate(fit.model, fit.val_data, fit.recipe["eval_batch_size"], fit.choice)
+    row = {
         "epoch": epoch,
-        "step": first_step + fit.steps_per_epoch,
+        "step": step,
         "train_loss": train_loss,
         "train_acc": train_acc,
         "val_loss": val_loss,
         "val_acc": val_acc,
-        "lr": fit.optimizer.param_groups[0]["lr"],
-        "epoch_seconds": seconds,
-        "images_per_second": fit.steps_per_epoch * fit.batch_size / seconds,
+        "lr": fit.optimizer.lr,
+        "segment_seconds": seconds,
+        "images_per_second": (step - progress.step) * fit.batch_size / seconds if seconds else math.nan,
         "eval_seconds": time.time() - eval_started,
+        "elapsed_seconds": progress.train_seconds,
     }
-
-
-def cooldown_epochs(epoch: int, max_epochs: int, cooldown: float) -> int:
-    """Epochs of the final decay when it starts after ``epoch``: a fraction of the run so far, within the cap."""
-    return min(math.ceil(cooldown * epoch), max_epochs - epoch)
+    progress.history.append(row)
+    if not progress.diverged:
+        progress.convergence.update(step, val_acc, val_loss, train_loss)
+        decide_cooldown(fit, progress)
+    log.info(
+        "epoch %3d  step %6d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  %8.0f img/s",
+        epoch,
+        step,
+        row["lr"],
+        train_loss,
+        100 * train_acc,
+        100 * val_acc,
+        row["images_per_second"],
+    )
+    return row
 
 
 def package_versions() -> dict[str, str]:
@@ -342,6 +537,67 @@ def write_history(rows: list[dict[str, float]], path: Path) -> None:
         writer.writerows(rows)
 
 
+@dataclass
+class Attempt:
+    """One final-training attempt at one learning rate: the fitted model and how its run went."""
+
+    lr: float
+    fit: Fit
+    progress: Progress
+    resumed_from_epoch: int | None
+
+    @property
+    def last(self) -> dict[str, float]:
+        return self.progress.history[-1] if self.progress.history else {}
+
+    @property
+    def val_acc(self) -> float | None:
+        return None if self.progress.diverged else self.last.get("val_acc")
+
+    def summary(self, tuning_point: Mapping[str, Any] | None) -> dict[str, Any]:
+        return {
+            "lr": self.lr,
+            "val_acc": self.val_acc,
+            "val_loss": None if self.progress.diverged else self.last.get("val_loss"),
+            "steps": self.progress.step,
+            "stop_reason": self.progress.stop_reason,
+            "outcome": self.progress.outcome,
+            "best_train_loss": self.progress.convergence.best_train_loss,
+            "tuning_val_acc": tuning_point["val_acc"] if tuning_point else None,
+        }
+
+
+def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr: float, tracker: Any) -> Attempt:
+    """Train (or resume, or reload when already finished) the job at one learning rate."""
+    fit = prepare_fit(job.spec, arrays, job.seed, job.recipe, lr, choice)
+    progress, resumed_from = fit.new_progress(), None
+    checkpoint, fingerprint = job.checkpoint_for(lr), job.fingerprint(lr)
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=choice.device, weights_only=True)
+        if state["fingerprint"] == fingerprint:
+            fit.model.load_state_dict(state["model"])
+            fit.optimizer.load_state_dict(state["optimizer"])
+            progress = Progress.from_state(state["progress"])
+            resumed_from = progress.epochs_completed
+            log.info("resumed from checkpoint %s at epoch %d", checkpoint, resumed_from)
+        else:
+            log.info("ignoring checkpoint %s: it was written for another spec, recipe or learning rate", checkpoint)
+    prefix = "" if lr == job.peak_lr else f"retry_lr_{lr:g}/"
+
+    def after_check(row: dict[str, float]) -> None:
+        if tracker is not None:
+            tracker.log_metrics({prefix + k: v for k, v in row.items() if k != "epoch"}, step=int(row["step"]))
+
+    def after_epoch() -> None:
+        state = {"fingerprint": fingerprint, "progress": progress.state()}
+        save_atomic({**state, "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict()}, checkpoint)
+        kill_point(f"epoch-{progress.epochs_completed}")
+
+    log.info("training at peak lr %g for at most %d steps", lr, fit.max_steps)
+    run_to_convergence(fit, progress, after_check, after_epoch)
+    return Attempt(lr, fit, progress, resumed_from)
+
+
 def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no-untyped-def]
     if job.tracking_setup is None:
         return None
@@ -351,56 +607,79 @@ def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no
         read_setup(job.tracking_setup),
         job.job_key,
         f"{job.variant}/seed{job.seed}",
-        {
-            "variant": job.variant,
-            "seed": job.seed,
-            "study": job.study,
-        },
+        {"variant": job.variant, "seed": job.seed, "study": job.study},
     )
     run.log_params(params)
     return run
 
 
+def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], kept: Attempt) -> dict[str, Any]:
+    """metrics.json: what the run reached, how it stopped, how it was trained and where."""
+    progress, fit = kept.progress, kept.fit
+    diverged = progress.diverged
+    tuning_point = job.tuning_point(kept.lr)
+    return {
+        "study": job.study,
+        "variant": job.variant,
+        "seed": job.seed,
+        "spec": job.spec,
+        "lr": kept.lr,
+        "lr_source": "tuned" if job.tuning else "shared",
+        "outcome": progress.outcome,
+        "trained": progress.outcome in ("converged", "not_converged"),
+        "converged": progress.outcome == "converged",
+        "stop_reason": progress.stop_reason,
+        "chance": 1.0 / arrays.num_classes,
+        "chance_loss": fit.chance_loss,
+        "val_acc": kept.val_acc,
+        "val_loss": None if diverged else kept.last.get("val_loss"),
+        "best_val_acc": None if diverged else progress.convergence.best_val_acc,
+        "tuning_val_acc": tuning_point["val_acc"] if tuning_point else None,
+        "train_loss": kept.last.get("train_loss"),
+        "train_acc": kept.last.get("train_acc"),
+        "best_train_loss": progress.convergence.best_train_loss,
+        "attempts": [attempt.summary(job.tuning_point(attempt.lr)) for attempt in attempts],
+        "retried": len(attempts) > 1,
+        "params": sum(p.numel() for p in fit.model.parameters()),
+        "steps": progress.step,
+        "max_steps": fit.max_steps,
+        "epochs_completed": progress.epochs_completed,
+        "diverged": diverged,
+        "train_seconds": progress.train_seconds,
+        "eval_seconds": sum(row["eval_seconds"] for row in progress.history),
+        "images_per_second": progress.step * fit.batch_size / progress.train_seconds
+        if progress.train_seconds
+        else None,
+        "device": fit.choice.description,
+        "precision": str(fit.choice.autocast_dtype or torch.float32),
+        "channels_last": fit.choice.channels_last,
+        "resumed_from_epoch": kept.resumed_from_epoch,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "num_classes": arrays.num_classes,
+        "train_images": len(fit.train_data),
+        "validation_images": len(fit.val_data),
+        "validation_digest": arrays.validation_digest,
+    }
+
+
 def train(job: TrainJob) -> dict[str, Any]:
-    """Train (or resume) one job to convergence; write metrics.json, history.csv and model.pt into ``job.run_dir``."""
+    """Train (or resume) one job until it stops improving; write metrics.json, history.csv and model.pt."""
     started = process_started_at()
     timings: dict[str, float] = {"imports": IMPORTED_AT - started}
     clock = time.time()
     recipe = job.recipe
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
     log.info(
-        "job %s on %s (autocast %s, channels_last %s), peak lr %g",
+        "job %s on %s (autocast %s, channels_last %s)",
         job.job_key,
         choice.description,
         choice.autocast_dtype,
         choice.channels_last,
-        job.peak_lr,
     )
     arrays = load_prepared(job.dataset)
-    fit = prepare_fit(job.spec, arrays, job.seed, recipe, job.peak_lr, choice)
-    timings["data_and_model"] = time.time() - clock
+    timings["data"] = time.time() - clock
     clock = time.time()
-
-    spe = fit.steps_per_epoch
-    max_epochs = max(1, recipe["max_steps"] // spe)
-    schedule = Schedule(warmup_steps=round(recipe["warmup_epochs"] * spe))
-    plateau = Plateau(recipe["min_delta"])
-    history: list[dict[str, float]] = []
-    train_seconds, resumed_from, stop_reason = 0.0, None, "cap"
-    fingerprint = job.fingerprint()
-    if job.checkpoint.exists():
-        state = torch.load(job.checkpoint, map_location=choice.device, weights_only=True)
-        if state["fingerprint"] == fingerprint:
-            fit.model.load_state_dict(state["model"])
-            fit.optimizer.load_state_dict(state["optimizer"])
-            schedule = Schedule(**state["schedule"])
-            plateau = Plateau(**state["plateau"])
-            history, train_seconds, stop_reason = state["history"], state["train_seconds"], state["stop_reason"]
-            resumed_from = len(history)
-            log.info("resumed from checkpoint %s at epoch %d", job.checkpoint, resumed_from)
-        else:
-            log.info("ignoring checkpoint %s: it was written for another spec, recipe or learning rate", job.checkpoint)
-
     params = {
         **flatten(job.spec, "model."),
         **flatten(recipe, "train."),
@@ -408,122 +687,47 @@ def train(job: TrainJob) -> dict[str, Any]:
         "seed": job.seed,
         "variant": job.variant,
         "dataset": str(job.dataset),
-        "data.validation_images": len(fit.val_data),
+        "data.validation_images": len(arrays.y_val),
         "data.validation_digest": arrays.validation_digest,
     }
     tracker = _open_tracking(job, params)
-    if tracker is not None:
-        for row in history:
-            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
     timings["tracking_start"] = time.time() - clock
-
-    diverged = False
-    first_step_at: float | None = None
     status = "FAILED"
     try:
-        epoch = len(history)
-        while not schedule.finished(epoch * spe):
-            epoch += 1
-            first_step_at = first_step_at or time.time()
-            row = fit_epoch(fit, schedule, epoch, job.seed, recipe)
-            if not math.isfinite(row["train_loss"]):
-                diverged, stop_reason = True, "diverged"
-                log.warning("epoch %d: loss is %s; the run diverged and stops here", epoch, row["train_loss"])
-                break
-            train_seconds += row["epoch_seconds"]
-            row["elapsed_seconds"] = train_seconds
-            history.append(row)
-            plateau.update(row["val_acc"], row["val_loss"])
-            if schedule.decay_start is None and (
-                plateau.since >= recipe["patience"]
-                or epoch + cooldown_epochs(epoch, max_epochs, recipe["cooldown"]) >= max_epochs
-            ):
-                stop_reason = "plateau" if plateau.since >= recipe["patience"] else "cap"
-                decay = cooldown_epochs(epoch, max_epochs, recipe["cooldown"])
-                schedule.start_decay(epoch * spe, decay * spe)
-                log.info(
-                    "%s after epoch %d: the learning rate decays to zero over %d epochs", stop_reason, epoch, decay
-                )
-            log.info(
-                "epoch %3d  step %6d  lr %.4g  loss %.4f  train %.2f%%  val %.2f%%  %8.0f img/s",
-                epoch,
-                row["step"],
-                row["lr"],
-                row["train_loss"],
-                100 * row["train_acc"],
-                100 * row["val_acc"],
-                row["images_per_second"],
+        training_started = time.time()
+        attempts = [train_attempt(job, arrays, choice, job.peak_lr, tracker)]
+        retry = job.retry_lr(attempts[0])
+        if retry is not None:
+            log.warning(
+                "the run at lr %g ended at validation %.3f, more than %g below its tuning run: retrying at lr %g",
+                attempts[0].lr,
+                attempts[0].val_acc or math.nan,
+                RETRY_GAP,
+                retry,
             )
-            if tracker is not None:
-                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-            save_atomic(
-                {
-                    "fingerprint": fingerprint,
-                    "history": history,
-                    "train_seconds": train_seconds,
-                    "stop_reason": stop_reason,
-                    "schedule": vars(schedule),
-                    "plateau": vars(plateau),
-                    "model": fit.model.state_dict(),
-                    "optimizer": fit.optimizer.state_dict(),
-                },
-                job.checkpoint,
-            )
-            kill_point(f"epoch-{epoch}")
+            attempts.append(train_attempt(job, arrays, choice, retry, tracker))
+        kept = max(attempts, key=lambda attempt: -1.0 if attempt.val_acc is None else attempt.val_acc)
         training_done = time.time()
-
+        metrics = run_metrics(job, arrays, attempts, kept)
         test_data = DeviceDataset(
-            arrays.x_test, arrays.y_test, choice.device, fit.train_data.mean, fit.train_data.std, choice.channels_last
+            arrays.x_test,
+            arrays.y_test,
+            choice.device,
+            kept.fit.train_data.mean,
+            kept.fit.train_data.std,
+            choice.channels_last,
         )
         test_loss, test_acc = (
-            (math.nan, math.nan) if diverged else evaluate(fit.model, test_data, recipe["eval_batch_size"], choice)
+            (None, None)
+            if kept.progress.diverged
+            else evaluate(kept.fit.model, test_data, recipe["eval_batch_size"], choice)
         )
+        metrics.update(test_acc=test_acc, test_loss=test_loss, test_images=len(test_data))
+        metrics["mlflow_run_id"] = tracker.run_id if tracker else None
         job.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in fit.model.state_dict().items()}, job.run_dir / "model.pt")
-        write_history(history, job.run_dir / "history.csv")
-        last = history[-1] if history else {}
-        chance = 1.0 / arrays.num_classes
-        val_acc = None if diverged else last.get("val_acc")
-        trained = val_acc is not None and above_chance(round(val_acc * len(fit.val_data)), len(fit.val_data), chance)
-        metrics: dict[str, Any] = {
-            "study": job.study,
-            "variant": job.variant,
-            "seed": job.seed,
-            "spec": job.spec,
-            "lr": job.peak_lr,
-            "lr_source": "shared" if job.lr is None else "tuned",
-            "trained": trained,
-            "chance": chance,
-            "stop_reason": stop_reason,
-            "test_acc": None if diverged else test_acc,
-            "test_loss": None if diverged else test_loss,
-            "val_acc": val_acc,
-            "val_loss": None if diverged else last.get("val_loss"),
-            "best_val_acc": plateau.best if history else None,
-            "train_loss": last.get("train_loss"),
-            "train_acc": last.get("train_acc"),
-            "params": sum(p.numel() for p in fit.model.parameters()),
-            "steps": len(history) * spe,
-            "max_steps": recipe["max_steps"],
-            "epochs_completed": len(history),
-            "diverged": diverged,
-            "train_seconds": train_seconds,
-            "eval_seconds": sum(row["eval_seconds"] for row in history),
-            "images_per_second": len(history) * spe * fit.batch_size / train_seconds if train_seconds else None,
-            "device": choice.description,
-            "precision": str(choice.autocast_dtype or torch.float32),
-            "channels_last": choice.channels_last,
-            "resumed_from_epoch": resumed_from,
-            "versions": package_versions(),
-            "git_commit": git_commit(),
-            "num_classes": arrays.num_classes,
-            "train_images": len(fit.train_data),
-            "validation_images": len(fit.val_data),
-            "validation_digest": arrays.validation_digest,
-            "test_images": len(test_data),
-            "mlflow_run_id": tracker.run_id if tracker else None,
-        }
-        timings["first_step"] = (first_step_at or training_done) - started
+        torch.save({k: v.detach().cpu() for k, v in kept.fit.model.state_dict().items()}, job.run_dir / "model.pt")
+        write_history(kept.progress.history, job.run_dir / "history.csv")
+        timings["first_step"] = training_started - started
         timings["finalize"] = time.time() - training_done
         metrics["overhead_seconds"] = timings
         kill_point("before-metrics")
@@ -535,10 +739,11 @@ def train(job: TrainJob) -> dict[str, Any]:
                     "final_val_acc": metrics["val_acc"],
                     "params": metrics["params"],
                     "steps": metrics["steps"],
-                    "train_seconds": train_seconds,
-                    "diverged": float(diverged),
-                    "trained": float(trained),
-                    "epochs_completed": len(history),
+                    "train_seconds": metrics["train_seconds"],
+                    "diverged": float(metrics["diverged"]),
+                    "trained": float(metrics["trained"]),
+                    "converged": float(metrics["converged"]),
+                    "retried": float(metrics["retried"]),
                 }
             )
             tracker.log_artifacts([job.run_dir / name for name in ("metrics.json", "history.csv", "model.pt")])
@@ -546,14 +751,16 @@ def train(job: TrainJob) -> dict[str, Any]:
     finally:
         if tracker is not None:
             tracker.finish(status)
-    job.checkpoint.unlink(missing_ok=True)
+    for attempt in attempts:
+        job.checkpoint_for(attempt.lr).unlink(missing_ok=True)
     log.info(
-        "done: %s after %d epochs (%s), val %s, test %s, %.1fs training",
-        "trained" if trained else "DID NOT TRAIN",
-        len(history),
-        stop_reason,
+        "done: %s at lr %g after %d steps (%s), val %s, test %s, %.1fs training",
+        metrics["outcome"],
+        kept.lr,
+        metrics["steps"],
+        metrics["stop_reason"],
         metrics["val_acc"],
         metrics["test_acc"],
-        train_seconds,
+        metrics["train_seconds"],
     )
     return metrics

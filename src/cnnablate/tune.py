@@ -1,9 +1,13 @@
 """Per-variant learning-rate selection on the validation split, so every variant is compared at its best.
 
-One job per variant sweeps the grid in one process: each learning rate trains the variant briefly (warm-up,
-then a linear decay to zero over ``tune.epochs`` epochs of ``tune.train_subset``) and is scored by its final
-validation accuracy. The test split is never loaded. Finished grid points are kept in a resume file, so a
-killed sweep continues where it stopped.
+One job per variant sweeps the grid in one process. Each learning rate trains the variant with the final run's
+own loop and schedule (``cnnablate.train.run_to_convergence``: warm-up, the peak held while the run improves,
+the same stopping signals, the cool-down) on the tuning budget ``tune.max_steps`` of ``tune.train_subset``, and
+is scored by its final validation accuracy. Tuning with a schedule of its own (a short decayed run) would favour
+rates the long run at peak does not survive (short-horizon bias, Wu et al. 2018). When the best rate sits at an
+edge of the grid, the search steps past that edge (``tune.extend`` times at most, within ``tune.lr_range``), so
+no variant is compared at a rate the search could not see beyond. The test split is never loaded. Finished grid
+points are kept in a resume file, so a killed sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -20,13 +24,13 @@ import torch
 
 from cnnablate.data import ArrayDataset, load_prepared, stratified_subset
 from cnnablate.devices import choose_device
-from cnnablate.train import Schedule, above_chance, fit_epoch, prepare_fit, save_atomic
+from cnnablate.train import prepare_fit, run_to_convergence, save_atomic
 
 log = logging.getLogger("cnnablate.tune")
 SELECTION_RULE = (
     "highest final validation accuracy; ties broken by lower validation loss, then by the smaller learning rate. "
-    "A variant is 'not trained' when no learning rate beats chance on the validation split "
-    "(one-sided binomial test, p < 0.01)."
+    "A variant 'did not train' when its training loss stayed above 90% of ln C (the loss of guessing) at every "
+    "learning rate tried."
 )
 
 
@@ -39,6 +43,10 @@ class GridPoint:
     val_loss: float | None
     val_curve: list[float]
     diverged: bool
+    trained: bool = False
+    steps: int = 0
+    stop_reason: str = "cap"
+    extended: bool = False  # tried past an edge of the configured grid
 
 
 def select_lr(grid: Sequence[GridPoint]) -> GridPoint:
@@ -52,6 +60,27 @@ def select_lr(grid: Sequence[GridPoint]) -> GridPoint:
     return max(grid, key=key)
 
 
+def next_rate_past_edge(grid: Sequence[GridPoint], tune: Mapping[str, Any]) -> float | None:
+    """The rate one grid step beyond the best point when it sits at the top or bottom of what was tried.
+
+    The step is the ratio between the two outermost rates on that side; the search goes at most ``tune.extend``
+    points past the configured grid and never outside ``tune.lr_range``. None when no step is due.
+    """
+    rates = sorted(point.lr for point in grid)
+    best = select_lr(grid)
+    if len(rates) < 2 or best.diverged or sum(point.extended for point in grid) >= tune["extend"]:
+        return None
+    low, high = tune["lr_range"]
+    if best.lr == rates[-1]:
+        candidate = rates[-1] * rates[-1] / rates[-2]
+    elif best.lr == rates[0]:
+        candidate = rates[0] * rates[0] / rates[1]
+    else:
+        return None
+    candidate = float(f"{candidate:.4g}")
+    return candidate if low <= candidate <= high else None
+
+
 def tuning_subset(arrays: ArrayDataset, train_subset: float | int, seed: int) -> ArrayDataset:
     """The stratified part of the training split that tuning trains on (validation split unchanged)."""
     total = len(arrays.y_train)
@@ -63,24 +92,34 @@ def tuning_subset(arrays: ArrayDataset, train_subset: float | int, seed: int) ->
 
 
 def try_learning_rate(
-    spec: Mapping[str, Any], arrays: ArrayDataset, recipe: Mapping[str, Any], tune: Mapping[str, Any], lr: float
+    spec: Mapping[str, Any],
+    arrays: ArrayDataset,
+    recipe: Mapping[str, Any],
+    tune: Mapping[str, Any],
+    lr: float,
+    extended: bool = False,
 ) -> GridPoint:
-    """Train briefly at one learning rate and score the validation split after every epoch."""
+    """Train at one learning rate with the final run's loop and schedule on the tuning budget."""
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"])
-    fit = prepare_fit(spec, arrays, tune["seed"], recipe, lr, choice)
-    total = tune["epochs"] * fit.steps_per_epoch
-    warmup = min(round(recipe["warmup_epochs"] * fit.steps_per_epoch), total - 1)
-    schedule = Schedule(warmup_steps=max(1, warmup), decay_start=warmup, decay_steps=total - warmup)
-    curve: list[float] = []
-    row: dict[str, float] = {}
-    for epoch in range(1, tune["epochs"] + 1):
-        row = fit_epoch(fit, schedule, epoch, tune["seed"], recipe)
-        if not math.isfinite(row["train_loss"]):
-            log.info("lr %g diverged at epoch %d", lr, epoch)
-            return GridPoint(lr, None, None, curve, True)
-        curve.append(row["val_acc"])
-    log.info("lr %g: validation accuracy %.4f, loss %.4f", lr, row["val_acc"], row["val_loss"])
-    return GridPoint(lr, row["val_acc"], row["val_loss"], curve, False)
+    fit = prepare_fit(spec, arrays, tune["seed"], recipe, lr, choice, max_steps=tune["max_steps"])
+    progress = run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
+    curve = [row["val_acc"] for row in progress.history]
+    if progress.diverged:
+        log.info("lr %g diverged at step %d", lr, progress.step)
+        return GridPoint(lr, None, None, curve[:-1], True, False, progress.step, "diverged", extended)
+    last = progress.history[-1]
+    log.info("lr %g: validation accuracy %.4f, loss %.4f (%s)", lr, last["val_acc"], last["val_loss"], progress.outcome)
+    return GridPoint(
+        lr,
+        last["val_acc"],
+        last["val_loss"],
+        curve,
+        False,
+        progress.convergence.trained,
+        progress.step,
+        progress.stop_reason,
+        extended,
+    )
 
 
 def tune_variant(
@@ -102,18 +141,22 @@ def tune_variant(
     if resume_file.exists():
         saved = torch.load(resume_file, weights_only=True)
         done = saved["grid"] if saved["fingerprint"] == fingerprint else {}
-    grid: list[GridPoint] = []
-    for lr in tune["lrs"]:
+
+    def point(lr: float, extended: bool = False) -> GridPoint:
         if repr(lr) not in done:
-            done[repr(lr)] = vars(try_learning_rate(spec, arrays, recipe, tune, lr))
+            done[repr(lr)] = vars(try_learning_rate(spec, arrays, recipe, tune, lr, extended=extended))
             save_atomic({"fingerprint": fingerprint, "grid": done}, resume_file)
-        grid.append(GridPoint(**done[repr(lr)]))
+        return GridPoint(**done[repr(lr)])
+
+    grid = [point(lr) for lr in tune["lrs"]]
+    while (beyond := next_rate_past_edge(grid, tune)) is not None:
+        log.info("best rate at an edge of the grid: trying %g", beyond)
+        grid.append(point(beyond, extended=True))
+    grid.sort(key=lambda p: p.lr)
     best = select_lr(grid)
     chance = 1.0 / arrays.num_classes
     n_val = len(arrays.y_val)
-    trained = any(
-        not p.diverged and p.val_acc is not None and above_chance(round(p.val_acc * n_val), n_val, chance) for p in grid
-    )
+    trained = any(p.trained and not p.diverged for p in grid)
     result = {
         "variant": variant,
         "metric": "val_acc",
@@ -123,7 +166,7 @@ def tune_variant(
         "validation_images": n_val,
         "validation_digest": arrays.validation_digest,
         "tuning_images": len(arrays.y_train),
-        "epochs": tune["epochs"],
+        "max_steps": tune["max_steps"],
         "grid": [vars(point) for point in grid],
         "rule": SELECTION_RULE,
     }
@@ -148,19 +191,19 @@ def log_tuning(result: Mapping[str, Any], tracking_setup: str | Path, study: str
     )
     status = "FAILED"
     try:
-        run.log_params({"tune.lrs": [p["lr"] for p in result["grid"]], "tune.epochs": result["epochs"]})
+        run.log_params({"tune.lrs": [p["lr"] for p in result["grid"]], "tune.max_steps": result["max_steps"]})
         for point in result["grid"]:
-            for epoch, value in enumerate(point["val_curve"], start=1):
-                run.log_metrics({f"lr_{point['lr']:g}/val_acc": value}, step=epoch)
+            for check, value in enumerate(point["val_curve"], start=1):
+                run.log_metrics({f"lr_{point['lr']:g}/val_acc": value}, step=check)
         run.log_metrics({"chosen_lr": result["chosen_lr"], "trained": float(result["trained"])})
         status = "FINISHED"
     finally:
         run.finish(status)
 
 
-def chosen_lr(tuning_file: str | Path) -> float:
-    """The learning rate a tuning job chose for its variant."""
-    return float(json.loads(Path(tuning_file).read_text())["chosen_lr"])
+def read_tuning(tuning_file: str | Path) -> dict[str, Any]:
+    """A tuning job's result: the chosen rate and every grid point (the final run retries from it)."""
+    return json.loads(Path(tuning_file).read_text())
 
 
 def tuning_table(tuning_files: Sequence[str | Path], output: str | Path) -> None:
@@ -177,6 +220,10 @@ def tuning_table(tuning_files: Sequence[str | Path], output: str | Path) -> None
                     "lr": point["lr"],
                     "val_acc": point["val_acc"],
                     "diverged": point["diverged"],
+                    "trained_at_lr": point["trained"],
+                    "steps": point["steps"],
+                    "stop_reason": point["stop_reason"],
+                    "extended": point["extended"],
                     "chosen": point["lr"] == result["chosen_lr"],
                     "trained": result["trained"],
                 }

@@ -124,7 +124,7 @@ def train(smk: Any) -> None:
     set_torch_threads(smk.threads)
     from cnnablate.train import TrainJob
     from cnnablate.train import train as train_run
-    from cnnablate.tune import chosen_lr
+    from cnnablate.tune import read_tuning
 
     tuning = getattr(smk.input, "tuning", None)
     train_run(
@@ -137,7 +137,7 @@ def train(smk: Any) -> None:
             dataset=Path(smk.input.data),
             run_dir=Path(smk.output.metrics).parent,
             checkpoint=Path(smk.params.checkpoint),
-            lr=chosen_lr(tuning) if tuning else None,
+            tuning=read_tuning(tuning) if tuning else None,
             tracking_setup=Path(smk.input.tracking),
         )
     )
