@@ -69,7 +69,7 @@ def test_bad_value_lists_allowed_values(change: dict, allowed: str) -> None:
 
 def test_defaults_are_filled_in() -> None:
     config = validate_config({"study": "x", "data": {"dataset": "synthetic"}, "train": {}, "seeds": [0], "base": {}})
-    assert config["train"]["max_steps"] == 10000 and config["train"]["patience"] == 5
+    assert config["train"]["max_steps"] == 10000 and config["train"]["patience"] == 500
     assert config["data"]["validation"] == 0.1 and config["tune"]["enabled"] is True
     assert config["base"]["kernel_size"] == 3 and config["base"]["pool"] == "max"
     assert config["mlflow"]["tracking_uri"] == "sqlite:///results/mlflow.db"

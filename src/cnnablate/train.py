@@ -67,6 +67,7 @@ HISTORY_FIELDS = [
 TRAINED_LOSS_FRACTION = 0.9  # a run trained when its training loss fell below this fraction of ln C
 RETRY_GAP = 0.05  # validation accuracy a final run may lose against its tuning run before it is retried
 KILL_AT_ENV = "CNNABLATE_KILL_AT"
+COMPILE_MIN_STEPS = 2000  # compile: auto compiles (CUDA graphs) runs capped at this many steps or more
 CHECKPOINT_FORMAT = 2  # part of every checkpoint's fingerprint: a checkpoint of an older layout never resumes
 
 
@@ -252,13 +253,6 @@ class Progress:
         )
 
 
-def above_chance(correct: int, total: int, chance: float, p_value: float = 0.01) -> bool:
-    """Whether ``correct`` of ``total`` beats guessing: one-sided binomial test at ``p_value``."""
-    from scipy.stats import binom
-
-    return bool(binom.sf(correct - 1, total, chance) < p_value)
-
-
 class NesterovSGD:
     """Nesterov SGD with decoupled parameter groups, as a few foreach tensor ops.
 
@@ -298,6 +292,15 @@ class NesterovSGD:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for buffer, saved in zip(self.momentum_buffers, state["momentum_buffers"], strict=True):
             buffer.copy_(saved)
+
+
+def resolve_compile(setting: str, device: torch.device, max_steps: int) -> str:
+    """The torch.compile mode of the step. ``auto``: CUDA graphs (reduce-overhead) on CUDA when the run may last
+    COMPILE_MIN_STEPS steps, where the launches it saves (about 2.3 ms per step for the CIFAR base on an H200:
+    501 -> 299 ms per 88-step epoch) outweigh a compilation of tens of seconds; eager otherwise and on the CPU."""
+    if setting != "auto":
+        return setting
+    return "reduce-overhead" if device.type == "cuda" and max_steps >= COMPILE_MIN_STEPS else "off"
 
 
 def make_step(
@@ -396,17 +399,18 @@ def prepare_fit(
     max_steps: int | None = None,
 ) -> Fit:
     """The variant's model as seeded, its optimiser and step, and the training and validation splits on the device."""
-    train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=choice.channels_last)
+    dtype = choice.autocast_dtype or torch.float32
+    train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, None, None, choice.channels_last, dtype)
     val_data = DeviceDataset(
-        arrays.x_val, arrays.y_val, choice.device, train_data.mean, train_data.std, choice.channels_last
+        arrays.x_val, arrays.y_val, choice.device, train_data.mean, train_data.std, choice.channels_last, dtype
     )
     model = build_for_dataset(spec, arrays, seed).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
     optimizer = NesterovSGD(model, lr, recipe["momentum"], recipe["weight_decay"])
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
     clip = (agc_parameter_groups(model)["clipped"], recipe["agc_clipping"]) if spec["norm"] == "nf" else None
-    step = make_step(model, optimizer, loss_fn, choice, recipe["compile"], clip)
     cap = recipe["max_steps"] if max_steps is None else max_steps
+    step = make_step(model, optimizer, loss_fn, choice, resolve_compile(recipe["compile"], choice.device, cap), clip)
     return Fit(
         model, optimizer, step, train_data, val_data, recipe, lr, seed, cap, math.log(arrays.num_classes), choice
     )
@@ -716,6 +720,7 @@ def train(job: TrainJob) -> dict[str, Any]:
             kept.fit.train_data.mean,
             kept.fit.train_data.std,
             choice.channels_last,
+            kept.fit.train_data.dtype,
         )
         test_loss, test_acc = (
             (None, None)

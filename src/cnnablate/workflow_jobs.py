@@ -76,6 +76,12 @@ def workflow_job(*modules: str) -> Callable[[Job], Job]:
     return decorate
 
 
+def share_compile_cache(checkpoint: str | Path) -> None:
+    """Point torch.compile's cache beside the checkpoints (``results/<study>/checkpoints``), so that
+    the jobs of a study, on one machine or on the nodes of a cluster sharing the folder, compile each graph once."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(checkpoint).absolute().parents[1] / "compile-cache"))
+
+
 def set_torch_threads(threads: int) -> None:
     """Snakemake's ``threads`` for the job (the rule's default or ``--set-threads``) decide torch's threads."""
     import torch
@@ -122,6 +128,7 @@ def mlflow_setup(smk: Any) -> None:
 @workflow_job("cnnablate.train", "cnnablate.tune")
 def train(smk: Any) -> None:
     set_torch_threads(smk.threads)
+    share_compile_cache(smk.params.checkpoint)
     from cnnablate.train import TrainJob
     from cnnablate.train import train as train_run
     from cnnablate.tune import read_tuning
@@ -146,6 +153,7 @@ def train(smk: Any) -> None:
 @workflow_job("cnnablate.tune")
 def tune(smk: Any) -> None:
     set_torch_threads(smk.threads)
+    share_compile_cache(smk.params.resume)
     from cnnablate.tune import tune_variant
 
     tune_variant(
