@@ -23,6 +23,7 @@ rule all:
 include: "workflow/rules/data.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/track.smk"
 include: "workflow/rules/measure.smk"
 include: "workflow/rules/shift_robustness.smk"
 include: "workflow/rules/rf_laws.smk"

@@ -219,7 +219,7 @@ def main() -> None:
     )
 
     def project_epoch(_: int) -> None:
-        run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
+        run_to_convergence(fit, fit.new_progress())
 
     def ceiling_epoch(_: int) -> None:
         for images, labels in premade:

@@ -130,7 +130,7 @@ def test_an_nf_network_trains_with_agc(tmp_path) -> None:
         choose_device("fp32", "off", 1, force_cpu=True),
         max_steps=3,
     )
-    progress = run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
+    progress = run_to_convergence(fit, fit.new_progress())
     assert not progress.diverged and progress.step == 3
     assert math.isfinite(progress.history[-1]["train_loss"]) and math.isfinite(progress.history[-1]["val_loss"])
 

@@ -18,6 +18,7 @@ MEASURES = "measures.json"
 ERF_INIT = "erf_init.npy"
 ERF_TRAINED = "erf_trained.npy"
 INTERPRET = "interpret"
+TRACKED = "mlflow_run.json"  # the MLflow run id of a run (or a tuning search) once the track rule mirrored it
 
 
 def results_dir(study: str) -> str:
@@ -48,6 +49,11 @@ def analysis_file(run: str | Path, analysis: str) -> Path:
 def tuning_file(results: str | Path, variant: str) -> str:
     """The learning-rate search of one variant: <results>/tuning/<variant>.json."""
     return f"{results}/tuning/{variant}.json"
+
+
+def tuning_tracked(results: str | Path, variant: str) -> str:
+    """The MLflow run id of one variant's learning-rate search: <results>/tuning/tracked/<variant>.json."""
+    return f"{results}/tuning/tracked/{variant}.json"
 
 
 def job_key(study: str, variant: str, seed: int | str) -> str:

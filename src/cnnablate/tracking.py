@@ -188,6 +188,34 @@ class JobRun(RunLogger):
                 _retry(lambda run_id=run_id: self.client.set_tag(run_id, "cnnablate.superseded_by", self.run_id))
                 _retry(lambda run_id=run_id: self.client.delete_run(run_id))
 
+    def __enter__(self) -> JobRun:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        """FINISHED when the block completed, FAILED when it raised (the error still propagates)."""
+        self.finish("FINISHED" if kind is None else "FAILED")
+
+    def log_curves(self, rows: Iterable[Mapping[str, Any]], step_key: str = "step", prefix: str = "") -> None:
+        """Every numeric column of ``rows`` as a curve over ``step_key``, in batches of MLflow's 1,000 metrics."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(prefix + key, float(value), now, int(float(row[step_key])))
+            for row in rows
+            for key, value in row.items()
+            if key != step_key and _finite_number(value)
+        ]
+        for start in range(0, len(items), 1000):
+            _retry(lambda start=start: self.client.log_batch(self.run_id, metrics=items[start : start + 1000]))
+
+
+def _finite_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
 
 def job_run_logger(setup: Mapping[str, str], job_key: str) -> RunLogger:
     """A logger for the newest FINISHED run of a job key: analysis rules attach their results to it."""
@@ -271,3 +299,74 @@ def finish_study(
     for key, value in source_tags().items():
         _retry(lambda key=key, value=value: client.set_tag(parent.run_id, key, value))
     _retry(lambda: client.set_terminated(parent.run_id, "FINISHED"))
+
+
+def run_params(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The MLflow params of a training run: its model spec and recipe, flattened, and what it was trained on."""
+    from cnnablate.config import flatten
+
+    return {
+        **flatten(metrics["spec"], "model."),
+        **flatten(metrics["recipe"], "train."),
+        "train.peak_lr": metrics["lr"],
+        "seed": metrics["seed"],
+        "variant": metrics["variant"],
+        "dataset": metrics["dataset"],
+        "data.validation_images": metrics["validation_images"],
+        "data.validation_digest": metrics["validation_digest"],
+    }
+
+
+FINAL_METRICS = (
+    "test_acc",
+    "val_acc",
+    "params",
+    "steps",
+    "train_seconds",
+    "diverged",
+    "trained",
+    "converged",
+    "retried",
+)
+
+
+def track_run(setup_path: str | Path, run_dir: str | Path, output: str | Path) -> str:
+    """Mirror one finished training run into MLflow from its files (metrics.json, history.csv, model.pt).
+
+    The ``track`` rule runs this after ``train``, on the machine that runs Snakemake: no training job waits for
+    MLflow (seconds of imports and database round trips per job), and a run appears in the UI as soon as its
+    job ends. Returns the MLflow run id, also written to ``output``.
+    """
+    from cnnablate import layout
+
+    run_dir = Path(run_dir)
+    metrics = json.loads((run_dir / layout.METRICS).read_text())
+    with open(run_dir / layout.HISTORY, newline="") as handle:
+        history = list(csv.DictReader(handle))
+    tags = {"variant": metrics["variant"], "seed": metrics["seed"], "study": metrics["study"]}
+    key = layout.job_key(metrics["study"], metrics["variant"], metrics["seed"])
+    with JobRun(read_setup(setup_path), key, f"{metrics['variant']}/seed{metrics['seed']}", tags) as run:
+        run.log_params(run_params(metrics))
+        run.log_curves(history)
+        run.log_metrics({f"final_{name}": float(metrics[name]) for name in FINAL_METRICS if metrics[name] is not None})
+        for number, attempt in enumerate(metrics["attempts"], start=1):
+            run.log_metrics(numeric_items(attempt, f"attempt{number}."))
+        run.log_artifacts([run_dir / name for name in (layout.METRICS, layout.HISTORY, layout.MODEL)])
+    Path(output).write_text(json.dumps({"run_id": run.run_id}) + "\n")
+    return run.run_id
+
+
+def track_tuning(setup_path: str | Path, tuning_file: str | Path, output: str | Path) -> str:
+    """Mirror one variant's learning-rate search into MLflow (role=tuning, so it never mixes with final runs):
+    each rate's validation curve, the chosen rate and whether the variant trained at any rate."""
+    result = json.loads(Path(tuning_file).read_text())
+    study, variant = result["study"], result["variant"]
+    tags = {ROLE_TAG: "tuning", "variant": variant, "study": study}
+    with JobRun(read_setup(setup_path), f"{study}/{variant}/tune", f"{variant}/tune", tags) as run:
+        run.log_params({"tune.lrs": [p["lr"] for p in result["grid"]], "tune.max_steps": result["max_steps"]})
+        for point in result["grid"]:
+            curve = [{"check": check, "val_acc": value} for check, value in enumerate(point["val_curve"], start=1)]
+            run.log_curves(curve, step_key="check", prefix=f"lr_{point['lr']:g}/")
+        run.log_metrics({"chosen_lr": result["chosen_lr"], "trained": float(result["trained"])})
+    Path(output).write_text(json.dumps({"run_id": run.run_id}) + "\n")
+    return run.run_id

@@ -41,7 +41,6 @@ from torch import nn
 
 from cnnablate import __version__, layout
 from cnnablate.agc import adaptive_clip_grad_
-from cnnablate.config import flatten
 from cnnablate.data import ArrayDataset, load_prepared
 from cnnablate.devices import DeviceChoice, autocast, choose_device
 from cnnablate.loader import DeviceDataset
@@ -83,7 +82,6 @@ class TrainJob:
     dataset: Path
     run_dir: Path
     checkpoint: Path
-    tracking_setup: Path | None = None
     force_cpu: bool = False
     lr: float | None = None  # None: the tuned rate when ``tuning`` is given, else the recipe's shared rate
     tuning: Mapping[str, Any] | None = None  # the variant's learning-rate search (cnnablate.tune), if tuned
@@ -435,14 +433,11 @@ def decide_cooldown(fit: Fit, progress: Progress) -> None:
         )
 
 
-def run_to_convergence(
-    fit: Fit, progress: Progress, after_check: Callable[[dict[str, float]], None], after_epoch: Callable[[], None]
-) -> Progress:
+def run_to_convergence(fit: Fit, progress: Progress, after_epoch: Callable[[], None] = lambda: None) -> Progress:
     """Train from ``progress`` until the schedule ends or the loss diverges, checking validation as it goes.
 
-    ``after_check`` gets each history row (logging, tracking); ``after_epoch`` runs at each epoch's end
-    (checkpoints). Everything random is drawn from the epoch's own generator, so a run resumed at an epoch's
-    start replays the same steps.
+    ``after_epoch`` runs at each epoch's end (checkpoints). Everything random is drawn from the epoch's own
+    generator, so a run resumed at an epoch's start replays the same steps.
     """
     checks, device = fit.check_steps(), fit.choice.device
     while not progress.finished:
@@ -463,8 +458,7 @@ def run_to_convergence(
             if offset not in checks and step < fit.max_steps and not progress.schedule.finished(step):
                 continue
             seconds = time.time() - started
-            row = check(fit, progress, epoch, step, loss_sum.item() / seen, correct.item() / seen, seconds)
-            after_check(row)
+            check(fit, progress, epoch, step, loss_sum.item() / seen, correct.item() / seen, seconds)
             if progress.finished:
                 break
             loss_sum.zero_(), correct.zero_()
@@ -476,7 +470,7 @@ def run_to_convergence(
 
 def check(
     fit: Fit, progress: Progress, epoch: int, step: int, train_loss: float, train_acc: float, seconds: float
-) -> dict[str, float]:
+) -> None:
     """A validation check: score the validation split, record the row, update the stopping state."""
     eval_started = time.time()
     progress.train_seconds += seconds
@@ -513,7 +507,6 @@ def check(
         100 * val_acc,
         row["images_per_second"],
     )
-    return row
 
 
 def package_versions() -> dict[str, str]:
@@ -549,6 +542,8 @@ class Attempt:
     fit: Fit
     progress: Progress
     resumed_from_epoch: int | None
+    setup_seconds: float  # model built, data on the device, checkpoint read
+    training_started: float  # wall-clock time of the first step
 
     @property
     def last(self) -> dict[str, float]:
@@ -571,8 +566,9 @@ class Attempt:
         }
 
 
-def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr: float, tracker: Any) -> Attempt:
+def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr: float) -> Attempt:
     """Train (or resume, or reload when already finished) the job at one learning rate."""
+    clock = time.time()
     fit = prepare_fit(job.spec, arrays, job.seed, job.recipe, lr, choice)
     progress, resumed_from = fit.new_progress(), None
     checkpoint, fingerprint = job.checkpoint_for(lr), job.fingerprint(lr)
@@ -586,11 +582,6 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
             log.info("resumed from checkpoint %s at epoch %d", checkpoint, resumed_from)
         else:
             log.info("ignoring checkpoint %s: it was written for another spec, recipe or learning rate", checkpoint)
-    prefix = "" if lr == job.peak_lr else f"retry_lr_{lr:g}/"
-
-    def after_check(row: dict[str, float]) -> None:
-        if tracker is not None:
-            tracker.log_metrics({prefix + k: v for k, v in row.items() if k != "epoch"}, step=int(row["step"]))
 
     def after_epoch() -> None:
         state = {"fingerprint": fingerprint, "progress": progress.state()}
@@ -598,23 +589,27 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
         kill_point(f"epoch-{progress.epochs_completed}")
 
     log.info("training at peak lr %g for at most %d steps", lr, fit.max_steps)
-    run_to_convergence(fit, progress, after_check, after_epoch)
-    return Attempt(lr, fit, progress, resumed_from)
+    setup_seconds, training_started = time.time() - clock, time.time()
+    run_to_convergence(fit, progress, after_epoch)
+    return Attempt(lr, fit, progress, resumed_from, setup_seconds, training_started)
 
 
-def _open_tracking(job: TrainJob, params: Mapping[str, Any]):  # type: ignore[no-untyped-def]
-    if job.tracking_setup is None:
-        return None
-    from cnnablate.tracking import JobRun, read_setup
-
-    run = JobRun(
-        read_setup(job.tracking_setup),
-        job.job_key,
-        f"{job.variant}/seed{job.seed}",
-        {"variant": job.variant, "seed": job.seed, "study": job.study},
+def test_metrics(kept: Attempt, arrays: ArrayDataset) -> dict[str, Any]:
+    """Test loss and accuracy of the kept attempt's model (None when it diverged)."""
+    train_data = kept.fit.train_data
+    test_data = DeviceDataset(
+        arrays.x_test,
+        arrays.y_test,
+        train_data.device,
+        train_data.mean,
+        train_data.std,
+        kept.fit.choice.channels_last,
+        train_data.dtype,
     )
-    run.log_params(params)
-    return run
+    if kept.progress.diverged:
+        return {"test_acc": None, "test_loss": None, "test_images": len(test_data)}
+    loss, accuracy = evaluate(kept.fit.model, test_data, kept.fit.recipe["eval_batch_size"], kept.fit.choice)
+    return {"test_acc": accuracy, "test_loss": loss, "test_images": len(test_data)}
 
 
 def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], kept: Attempt) -> dict[str, Any]:
@@ -627,6 +622,8 @@ def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], ke
         "variant": job.variant,
         "seed": job.seed,
         "spec": job.spec,
+        "recipe": job.recipe,
+        "dataset": str(job.dataset),
         "lr": kept.lr,
         "lr_source": "tuned" if job.tuning else "shared",
         "outcome": progress.outcome,
@@ -668,12 +665,17 @@ def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], ke
 
 
 def train(job: TrainJob) -> dict[str, Any]:
-    """Train (or resume) one job until it stops improving; write metrics.json, history.csv and model.pt."""
+    """Train (or resume) one job until it stops improving; write metrics.json, history.csv and model.pt.
+
+    MLflow is not on this path: the ``track`` rule mirrors the finished run's files (``cnnablate.tracking``).
+    """
+    # set up
     started = process_started_at()
-    timings: dict[str, float] = {"imports": IMPORTED_AT - started}
+    timings = {"imports": IMPORTED_AT - started}
     clock = time.time()
     recipe = job.recipe
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"], job.force_cpu)
+    timings["device"], clock = time.time() - clock, time.time()
     log.info(
         "job %s on %s (autocast %s, channels_last %s)",
         job.job_key,
@@ -683,89 +685,36 @@ def train(job: TrainJob) -> dict[str, Any]:
     )
     arrays = load_prepared(job.dataset)
     timings["data"] = time.time() - clock
-    clock = time.time()
-    params = {
-        **flatten(job.spec, "model."),
-        **flatten(recipe, "train."),
-        "train.peak_lr": job.peak_lr,
-        "seed": job.seed,
-        "variant": job.variant,
-        "dataset": str(job.dataset),
-        "data.validation_images": len(arrays.y_val),
-        "data.validation_digest": arrays.validation_digest,
-    }
-    tracker = _open_tracking(job, params)
-    timings["tracking_start"] = time.time() - clock
-    status = "FAILED"
-    try:
-        training_started = time.time()
-        attempts = [train_attempt(job, arrays, choice, job.peak_lr, tracker)]
-        retry = job.retry_lr(attempts[0])
-        if retry is not None:
-            log.warning(
-                "the run at lr %g ended at validation %.3f, more than %g below its tuning run: retrying at lr %g",
-                attempts[0].lr,
-                attempts[0].val_acc or math.nan,
-                RETRY_GAP,
-                retry,
-            )
-            attempts.append(train_attempt(job, arrays, choice, retry, tracker))
-        kept = max(attempts, key=lambda attempt: -1.0 if attempt.val_acc is None else attempt.val_acc)
-        training_done = time.time()
-        metrics = run_metrics(job, arrays, attempts, kept)
-        test_data = DeviceDataset(
-            arrays.x_test,
-            arrays.y_test,
-            choice.device,
-            kept.fit.train_data.mean,
-            kept.fit.train_data.std,
-            choice.channels_last,
-            kept.fit.train_data.dtype,
-        )
-        test_loss, test_acc = (
-            (None, None)
-            if kept.progress.diverged
-            else evaluate(kept.fit.model, test_data, recipe["eval_batch_size"], choice)
-        )
-        metrics.update(test_acc=test_acc, test_loss=test_loss, test_images=len(test_data))
-        metrics["mlflow_run_id"] = tracker.run_id if tracker else None
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        torch.save({k: v.detach().cpu() for k, v in kept.fit.model.state_dict().items()}, job.run_dir / "model.pt")
-        write_history(kept.progress.history, job.run_dir / "history.csv")
-        timings["first_step"] = training_started - started
-        timings["finalize"] = time.time() - training_done
-        metrics["overhead_seconds"] = timings
-        kill_point("before-metrics")
-        (job.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        if tracker is not None:
-            tracker.log_metrics(
-                {
-                    "final_test_acc": metrics["test_acc"],
-                    "final_val_acc": metrics["val_acc"],
-                    "params": metrics["params"],
-                    "steps": metrics["steps"],
-                    "train_seconds": metrics["train_seconds"],
-                    "diverged": float(metrics["diverged"]),
-                    "trained": float(metrics["trained"]),
-                    "converged": float(metrics["converged"]),
-                    "retried": float(metrics["retried"]),
-                }
-            )
-            tracker.log_artifacts([job.run_dir / name for name in ("metrics.json", "history.csv", "model.pt")])
-        status = "FINISHED"
-    finally:
-        if tracker is not None:
-            tracker.finish(status)
+
+    # training: the tuned rate, then once the next lower rate if the run fell far below its tuning run
+    attempts = [train_attempt(job, arrays, choice, job.peak_lr)]
+    timings["model"] = attempts[0].setup_seconds
+    timings["first_step"] = attempts[0].training_started - started
+    retry = job.retry_lr(attempts[0])
+    if retry is not None:
+        log.warning("lr %g ended more than %g below its tuning run: retrying at lr %g", job.peak_lr, RETRY_GAP, retry)
+        attempts.append(train_attempt(job, arrays, choice, retry))
+    kept = max(attempts, key=lambda attempt: -1.0 if attempt.val_acc is None else attempt.val_acc)
+
+    # evaluation: the test split, read once, for the kept attempt
+    training_done = time.time()
+    metrics = run_metrics(job, arrays, attempts, kept)
+    metrics.update(test_metrics(kept, arrays))
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in kept.fit.model.state_dict().items()}, job.run_dir / layout.MODEL)
+    write_history(kept.progress.history, job.run_dir / layout.HISTORY)
+    metrics["overhead_seconds"] = {**timings, "finalize": time.time() - training_done}
+    kill_point("before-metrics")
+    (job.run_dir / layout.METRICS).write_text(json.dumps(metrics, indent=2) + "\n")
     for attempt in attempts:
         job.checkpoint_for(attempt.lr).unlink(missing_ok=True)
     log.info(
-        "done: %s at lr %g after %d steps (%s), val %s, test %s, %.1fs training",
+        "done: %s at lr %g after %d steps (%s), val %s, test %s",
         metrics["outcome"],
         kept.lr,
         metrics["steps"],
         metrics["stop_reason"],
         metrics["val_acc"],
         metrics["test_acc"],
-        metrics["train_seconds"],
     )
     return metrics

@@ -102,7 +102,7 @@ def try_learning_rate(
     """Train at one learning rate with the final run's loop and schedule on the tuning budget."""
     choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"])
     fit = prepare_fit(spec, arrays, tune["seed"], recipe, lr, choice, max_steps=tune["max_steps"])
-    progress = run_to_convergence(fit, fit.new_progress(), lambda row: None, lambda: None)
+    progress = run_to_convergence(fit, fit.new_progress())
     curve = [row["val_acc"] for row in progress.history]
     if progress.diverged:
         log.info("lr %g diverged at step %d", lr, progress.step)
@@ -130,7 +130,6 @@ def tune_variant(
     dataset: str | Path,
     output: str | Path,
     resume_file: str | Path,
-    tracking_setup: str | Path | None = None,
     study: str = "",
 ) -> dict[str, Any]:
     """Sweep the learning-rate grid for one variant and write the choice (and the whole grid) to ``output``."""
@@ -158,6 +157,7 @@ def tune_variant(
     n_val = len(arrays.y_val)
     trained = any(p.trained and not p.diverged for p in grid)
     result = {
+        "study": study,
         "variant": variant,
         "metric": "val_acc",
         "chosen_lr": best.lr,
@@ -172,33 +172,9 @@ def tune_variant(
     }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(result, indent=2) + "\n")
-    if tracking_setup is not None:
-        log_tuning(result, tracking_setup, study)
     resume_file.unlink(missing_ok=True)
     log.info("%s: chose lr %g (%s)", variant, best.lr, "trained" if trained else "did not train at any lr")
     return result
-
-
-def log_tuning(result: Mapping[str, Any], tracking_setup: str | Path, study: str) -> None:
-    """One MLflow run per tuning job, tagged role=tuning so it never mixes with the final runs."""
-    from cnnablate.tracking import ROLE_TAG, JobRun, read_setup
-
-    run = JobRun(
-        read_setup(tracking_setup),
-        f"{study}/{result['variant']}/tune",
-        f"{result['variant']}/tune",
-        {ROLE_TAG: "tuning", "variant": result["variant"], "study": study},
-    )
-    status = "FAILED"
-    try:
-        run.log_params({"tune.lrs": [p["lr"] for p in result["grid"]], "tune.max_steps": result["max_steps"]})
-        for point in result["grid"]:
-            for check, value in enumerate(point["val_curve"], start=1):
-                run.log_metrics({f"lr_{point['lr']:g}/val_acc": value}, step=check)
-        run.log_metrics({"chosen_lr": result["chosen_lr"], "trained": float(result["trained"])})
-        status = "FINISHED"
-    finally:
-        run.finish(status)
 
 
 def read_tuning(tuning_file: str | Path) -> dict[str, Any]:

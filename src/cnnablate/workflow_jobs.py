@@ -145,7 +145,6 @@ def train(smk: Any) -> None:
             run_dir=Path(smk.output.metrics).parent,
             checkpoint=Path(smk.params.checkpoint),
             tuning=read_tuning(tuning) if tuning else None,
-            tracking_setup=Path(smk.input.tracking),
         )
     )
 
@@ -164,9 +163,22 @@ def tune(smk: Any) -> None:
         dataset=smk.input.data,
         output=smk.output[0],
         resume_file=smk.params.resume,
-        tracking_setup=smk.input.tracking,
         study=smk.params.study,
     )
+
+
+@workflow_job("cnnablate.tracking", "mlflow.tracking")
+def track(smk: Any) -> None:
+    from cnnablate.tracking import track_run
+
+    track_run(smk.input.tracking, run_dir(smk), smk.output[0])
+
+
+@workflow_job("cnnablate.tracking", "mlflow.tracking")
+def track_tuning(smk: Any) -> None:
+    from cnnablate.tracking import track_tuning as track_search
+
+    track_search(smk.input.tracking, smk.input.tuning, smk.output[0])
 
 
 @workflow_job("cnnablate.tune")

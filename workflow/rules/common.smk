@@ -68,6 +68,14 @@ def tuning_input(wildcards):
     return {}
 
 
+def tracked_runs(wildcards=None):
+    """The MLflow mirrors of every run and, when the study tunes, of every variant's learning-rate search."""
+    searches = [layout.tuning_tracked(RESULTS, v) for v in STUDY.variants]
+    return expand_runs(f"{RUN}/{layout.TRACKED}") + (
+        searches if config["tune"]["enabled"] else []
+    )
+
+
 def tuning_targets(wildcards=None):
     return [f"{RESULTS}/tuning.csv"] if config["tune"]["enabled"] else []
 

@@ -5,6 +5,7 @@ rule mlflow_sync:
     input:
         tracking=f"{RESULTS}/mlflow.json",
         metrics=expand_runs(f"{RUN}/metrics.json"),
+        tracked=tracked_runs,
         analyses=analysis_outputs,
         results=f"{RESULTS}/results.csv",
         summary=f"{RESULTS}/summary.csv",

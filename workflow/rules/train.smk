@@ -1,4 +1,4 @@
-# MLflow experiment set up once; then one training job per (variant, seed), at the variant's tuned learning rate.
+# MLflow experiment set up once; one training job per (variant, seed), at the variant's tuned learning rate.
 
 
 rule mlflow_setup:
@@ -23,7 +23,6 @@ rule train:
     input:
         unpack(tuning_input),
         data=f"{RESULTS}/data/dataset.npz",
-        tracking=f"{RESULTS}/mlflow.json",
     output:
         metrics=f"{RUN}/metrics.json",
         history=f"{RUN}/history.csv",

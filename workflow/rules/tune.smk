@@ -5,7 +5,6 @@
 rule tune:
     input:
         data=f"{RESULTS}/data/dataset.npz",
-        tracking=f"{RESULTS}/mlflow.json",
     output:
         layout.tuning_file(RESULTS, "{variant}"),
     log:

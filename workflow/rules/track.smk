@@ -1,0 +1,38 @@
+# MLflow mirrors finished work: one run per training job and one per learning-rate search, logged from their
+# files on the machine that runs Snakemake, so that no training job waits for MLflow.
+
+
+rule track:
+    input:
+        tracking=f"{RESULTS}/mlflow.json",
+        metrics=f"{RUN}/{layout.METRICS}",
+        history=f"{RUN}/{layout.HISTORY}",
+        model=f"{RUN}/{layout.MODEL}",
+    output:
+        f"{RUN}/{layout.TRACKED}",
+    log:
+        f"{LOGS}/track/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{BENCHMARKS}/track/{{variant}}/seed{{seed}}.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/track.py"
+
+
+rule track_tuning:
+    input:
+        tracking=f"{RESULTS}/mlflow.json",
+        tuning=layout.tuning_file(RESULTS, "{variant}"),
+    output:
+        layout.tuning_tracked(RESULTS, "{variant}"),
+    log:
+        f"{LOGS}/track_tuning/{{variant}}.log",
+    benchmark:
+        f"{BENCHMARKS}/track_tuning/{{variant}}.tsv"
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../scripts/track_tuning.py"
