@@ -8,9 +8,10 @@ from cnnablate.config import ConfigError, Study, canonical, job_param, validate_
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
+# Before any job: one line naming the key; sys.exit prints it without Snakemake's traceback lines.
 try:
     config.update(validate_config(config))
-except ConfigError as error:  # before any job: one line naming the key, no traceback (sys.exit prints it)
+except ConfigError as error:
     sys.exit(f"config error: {error}")
 STUDY = Study.from_config(config)
 RESULTS = layout.results_dir(STUDY.name)
