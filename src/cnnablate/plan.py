@@ -99,20 +99,22 @@ class Plan:
 
 
 def dry_run_jobs(configfile: Path, snakefile: Path) -> dict[str, int]:
-    """Jobs per rule, from Snakemake's dry run of the study in an empty folder (the whole study to run)."""
+    """Jobs per rule, from Snakemake's dry run of the study in an empty folder (the whole study still to run)."""
     snakemake = Path(sys.executable).with_name("snakemake")
     with tempfile.TemporaryDirectory() as workdir:
         command = [str(snakemake), "-s", str(snakefile.resolve()), "-d", workdir]
         result = subprocess.run(
-            [*command, "--configfile", str(configfile.resolve()), "--dry-run", "--quiet", "rules"],
+            [*command, "--configfile", str(configfile.resolve()), "--dry-run"],
             capture_output=True,
             text=True,
             env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
         )
     if result.returncode != 0:
         raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "snakemake failed")
-    rows = re.findall(r"^(\w+)\s+(\d+)$", result.stdout, re.MULTILINE)
-    return {rule: int(count) for rule, count in rows if rule != "total"}
+    jobs: dict[str, int] = {}
+    for rule in re.findall(r"^(?:local)?rule (\w+):$", result.stdout, re.MULTILINE):
+        jobs[rule] = jobs.get(rule, 0) + 1
+    return jobs
 
 
 def image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
