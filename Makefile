@@ -60,10 +60,10 @@ browser:
 bench: setup
 	$(BIN)/python benchmarks/throughput.py --config config/demo.yaml
 
-# Reads MLFLOW_TRACKING_URI when set (a tracking server), else the local SQLite store. It listens on 127.0.0.1 only:
-# from a remote box, tunnel it (ssh -L 5000:127.0.0.1:5000 gpu-box) and open http://localhost:5000 locally.
+# The local SQLite store only (MLFLOW_TRACKING_URI is not read: a tracking server is its own UI, open its address).
+# It listens on 127.0.0.1: from a remote box, tunnel it (ssh -L 5000:127.0.0.1:5000 gpu-box), open localhost:5000.
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///results/mlflow.db}" --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
 
 # A tracking server for a cluster: PostgreSQL backend, MLflow's basic-auth app, artifacts served by the server.
 # Credentials come from the environment or the private file MLFLOW_SERVER_ENV (`sudo bash scripts/mlflow-postgres.sh`
