@@ -15,7 +15,7 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint browser bench mlflow-ui mlflow-server clean-demo
+.PHONY: setup smoke demo test lint browser bench mlflow-ui mlflow-server clean-demo
 
 setup: $(VENV)/.synced
 
@@ -24,6 +24,11 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv sync --frozen
 	touch $@
+
+# A newcomer's first minute: the tiny test study end to end (tuning, training, analyses, report) in results/tiny/.
+smoke: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile .test/config/config.yaml --rerun-incomplete
+	@echo "Report: reports/tiny/index.html; what a real study costs: $(BIN)/cnnablate plan --configfile config/config.yaml"
 
 demo: setup
 	$(BIN)/snakemake --cores $(CORES) --configfile config/demo.yaml --rerun-incomplete --keep-going
@@ -55,8 +60,10 @@ browser:
 bench: setup
 	$(BIN)/python benchmarks/throughput.py --config config/demo.yaml
 
+# The local SQLite store only (MLFLOW_TRACKING_URI is not read: a tracking server is its own UI, open its address).
+# It listens on 127.0.0.1: from a remote box, tunnel it (ssh -L 5000:127.0.0.1:5000 gpu-box), open localhost:5000.
 mlflow-ui: setup
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db --host 127.0.0.1 --port 5000
 
 # A tracking server for a cluster: PostgreSQL backend, MLflow's basic-auth app, artifacts served by the server.
 # Credentials come from the environment or the private file MLFLOW_SERVER_ENV (`sudo bash scripts/mlflow-postgres.sh`

@@ -105,11 +105,25 @@ ERRORS = {
         "RuntimeError: mat1 and mat2 shapes cannot be multiplied",
     ),
     "variant id without a config": (["base"], "'base' is not module:callable; give --config STUDY.yaml"),
+    "torchvision name without its module": (["resnet18"], "did you mean torchvision.models:resnet18?"),
+    "missing config file": (
+        ["base", "--config", "missing.yaml"],
+        "missing.yaml: cannot read the study config (No such file or directory)",
+    ),
+    "config that is not YAML": (["base", "--config", "bad.yaml"], "bad.yaml: not valid YAML (while parsing"),
+    "config with a misspelt key": (["base", "--config", "typo.yaml"], "train.batchsize: unknown key; did you mean"),
 }
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
-def test_errors_are_one_line(case: str, models: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line(
+    case: str, models: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("base: [\n")
+    (tmp_path / "typo.yaml").write_text(
+        "study: s\ndata: {dataset: synthetic}\ntrain: {batchsize: 8}\nseeds: [0]\nbase: {}\n"
+    )
     argv, message = ERRORS[case]
     assert main(["measure", *argv]) == 2
     captured = capsys.readouterr()
@@ -128,3 +142,16 @@ def test_the_installed_command_prints_no_traceback() -> None:
 torchvision.models; print(dir(torchvision.models))' lists what it has
         """
     )
+
+
+def test_erf_output_is_rounded_and_help_explains_the_terms(capsys: pytest.CaptureFixture[str]) -> None:
+    config = Path(__file__).resolve().parents[1] / ".test" / "config" / "config.yaml"
+    assert main(["measure", "base", "--config", str(config), "--erf"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("effective"))
+    numbers = [number for number in line.replace(",", " ").replace("[", " ").replace("]", " ").split() if "." in number]
+    assert numbers and all(len(number.split(".")[1]) <= 3 for number in numbers), line
+    with pytest.raises(SystemExit):
+        main(["measure", "--help"])
+    help_text = capsys.readouterr().out
+    assert "theoretical receptive field" in help_text and "95% radius" in help_text
+    assert "cnnablate measure torchvision.models:resnet18" in help_text

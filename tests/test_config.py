@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import copy
+import json
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from cnnablate.config import ConfigError, Study, load_config, validate_config, variant_id
+from cnnablate.config import (
+    ConfigError,
+    Study,
+    job_param,
+    load_config,
+    restore_job_params,
+    validate_config,
+    variant_id,
+)
 from conftest import ROOT, snakemake, tiny_config, write_config
 
 BAD_CONFIGS = [
-    ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ({"colour": "red"}, "colour: unknown key"),
     ({"base": {"arch": "transformer"}}, "base.arch"),
     ({"base": {"pool": "median"}}, "base.pool"),
     ({"base": {"norm": "weight"}}, "base.norm"),
@@ -54,9 +65,9 @@ def test_bad_config_names_the_key(change: dict, named: str) -> None:
 @pytest.mark.parametrize(
     ("change", "allowed"),
     [
-        ({"base": {"arch": "transformer"}}, "['fc', 'local', 'conv']"),
-        ({"base": {"pool": "median"}}, "['max', 'avg', 'stride', 'none']"),
-        ({"base": {"norm": "weight"}}, "['none', 'batch', 'layer', 'group', 'instance', 'nf']"),
+        ({"base": {"arch": "transformer"}}, "allowed values: fc, local, conv"),
+        ({"base": {"pool": "median"}}, "allowed values: max, avg, stride, none"),
+        ({"base": {"norm": "weight"}}, "allowed values: none, batch, layer, group, instance, nf"),
         ({"base": {"kernel_size": 4}}, "odd integer"),
         ({"train": {"max_steps": 0}}, "Cap on optimiser steps"),
     ],
@@ -65,6 +76,60 @@ def test_bad_value_lists_allowed_values(change: dict, allowed: str) -> None:
     with pytest.raises(ConfigError, match=r"allowed|expected") as error:
         validate_config(_merge(tiny_config(), change))
     assert allowed in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train": {"batchsize": 64}}, "train.batchsize: unknown key; did you mean train.batch_size?"),
+        ({"train": {"lrs": [0.1]}}, "train.lrs: unknown key; did you mean tune.lrs?"),
+        ({"base": {"kernelsize": 5}}, "base.kernelsize: unknown key; did you mean base.kernel_size?"),
+        (
+            {"base": {"norm": "weight"}},
+            "base.norm: 'weight' is not allowed; allowed values: none, batch, layer, group, instance, nf",
+        ),
+    ],
+)
+def test_config_error_is_one_line_with_the_closest_key_or_the_allowed_values_once(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        validate_config(_merge(tiny_config(), change))
+    assert str(error.value) == message
+
+
+def test_missing_base_is_named_without_the_schema_description() -> None:
+    config = tiny_config()
+    del config["base"]
+    with pytest.raises(ConfigError) as error:
+        validate_config(config)
+    assert str(error.value) == "base: required, but missing"
+
+
+def _npz_config(path) -> dict:
+    return tiny_config(data={"dataset": "npz", "path": str(path)})
+
+
+def test_npz_file_and_layout_are_checked_before_any_job(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"^data.path: .*missing.npz does not exist"):
+        validate_config(_npz_config(tmp_path / "missing.npz"))
+    labels = np.arange(20) % 2
+    channels_first = np.zeros((20, 3, 32, 32), np.uint8)
+    path = tmp_path / "nchw.npz"
+    np.savez(path, x_train=channels_first, y_train=labels, x_test=channels_first, y_test=labels)
+    with pytest.raises(ConfigError, match=r"x_train is channels-first \(N x C x H x W = \(20, 3, 32, 32\)\)"):
+        validate_config(_npz_config(path))
+    np.savez(path, x_train=channels_first.transpose(0, 2, 3, 1), y_train=labels, x_test=channels_first, y_test=labels)
+    with pytest.raises(ConfigError, match="x_test is channels-first"):
+        validate_config(_npz_config(path))
+
+
+def test_job_params_leave_neutral_keys_out_and_the_job_gets_them_back() -> None:
+    spec = Study.from_config(validate_config(tiny_config())).variants["base"].spec
+    assert spec["dropout"] == 0.0 and "dropout" not in json.loads(job_param("model", spec))
+    assert json.loads(job_param("model", {**spec, "dropout": 0.1}))["dropout"] == 0.1
+    assert json.loads(job_param("model", spec))["residual"] is False  # no neutral: kept, so a new default reruns
+    params = SimpleNamespace(spec=job_param("model", spec))
+    restore_job_params(params, spec="model")
+    assert json.loads(params.spec) == spec
 
 
 def test_defaults_are_filled_in() -> None:
@@ -141,5 +206,7 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path) -> None:
     bad = write_config(tmp_path, _merge(tiny_config(), {"base": {"kernel_size": 4}}))
     result = snakemake(tmp_path, bad, "--cores", "1", check=False)
     assert result.returncode != 0
-    assert "base.kernel_size" in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if "profile" not in line]
+    assert errors == ["config error: base.kernel_size: 4 is not allowed; expected: " + errors[0].split("expected: ")[1]]
+    assert "File " not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()

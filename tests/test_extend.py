@@ -106,3 +106,36 @@ def test_add_an_analysis_rule_reaches_the_report_and_mlflow(tiny_study: Path, tm
         [experiment.experiment_id], "attributes.status = 'FINISHED' and tags.`cnnablate.role` = 'job'"
     )
     assert len(runs) == 6 and all("weight_norm.weight_l2_norm" in run.data.metrics for run in runs)
+
+
+def _dry_run_rules(workdir: Path, config: dict) -> tuple[dict[str, int], set[str]]:
+    """Jobs per rule and the variants they touch, of a dry run of ``config`` on the finished study."""
+    path = workdir / "changed.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    dry = snakemake(workdir, path, "-n")
+    return _jobs(dry.stdout), set(re.findall(r"wildcards: variant=([\w.-]+)", dry.stdout))
+
+
+@pytest.mark.e2e
+def test_a_neutral_new_axis_reruns_nothing_and_a_real_value_reruns_what_it_changes(
+    own_tiny_study: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = yaml.safe_load((own_tiny_study / "config.yaml").read_text())
+    # The package as it was before `dropout` existed (schema without the axis): the same params for every job.
+    package = tmp_path / "before" / "cnnablate"
+    shutil.copytree(ROOT / "src" / "cnnablate", package)
+    schema_file = package / "schemas" / "config.schema.yaml"
+    schema = schema_file.read_text()
+    start = schema.index("      dropout:\n")
+    schema_file.write_text(schema[:start] + schema[schema.index("  ablation_block:") :])
+    with monkeypatch.context() as patch:
+        patch.setenv("PYTHONPATH", str(package.parent))
+        jobs, variants = _dry_run_rules(own_tiny_study, config)
+    assert variants == set() and not {"tune", "train", "measure", "shift_robustness"} & set(jobs)
+
+    jobs, variants = _dry_run_rules(own_tiny_study, {**config, "base": {**config["base"], "dropout": 0.1}})
+    assert variants == {"base", "arch-fc", "pool-avg"} and jobs["train"] == 6 and jobs["tune"] == 3
+
+    ablations = {**config["ablations"], "dropout": {"dropout": [0.0, 0.1]}}
+    jobs, variants = _dry_run_rules(own_tiny_study, {**config, "ablations": ablations})
+    assert variants == {"dropout-0.1"} and jobs["train"] == 2 and jobs["tune"] == 1

@@ -89,3 +89,23 @@ def test_fc_is_an_mlp_on_pixels() -> None:
     model = build_model({**BASE, "arch": "fc", "fc_hidden": [32]}, 10)
     assert not any(isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.modules())
     assert sum(p.numel() for p in model.parameters()) == 3072 * 32 + 32 + 32 * 10 + 10
+
+
+@pytest.mark.parametrize("arch", ["fc", "local", "conv"])
+def test_dropout_zero_adds_no_layer_and_a_rate_adds_named_layers(arch: str) -> None:
+    torch.manual_seed(0)
+    without = build_model({k: v for k, v in {**BASE, "arch": arch}.items() if k != "dropout"}, num_classes=7)
+    torch.manual_seed(0)
+    zero = build_model({**BASE, "arch": arch, "dropout": 0.0}, num_classes=7)
+    assert str(zero) == str(without)
+    assert all(
+        torch.equal(a, b) for a, b in zip(zero.state_dict().values(), without.state_dict().values(), strict=True)
+    )
+    dropped = build_model({**BASE, "arch": arch, "dropout": 0.5}, num_classes=7)
+    names = [name for name, module in dropped.named_modules() if isinstance(module, nn.Dropout)]
+    assert names and all(module.p == 0.5 for module in dropped.modules() if isinstance(module, nn.Dropout))
+    if arch != "fc":  # the analyses find blocks by name: the dropout sits beside act in every block
+        assert names == [name.replace(".act", ".dropout") for name in block_outputs(dropped)]
+    dropped.eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(dropped(x), dropped(x))  # identity at evaluation

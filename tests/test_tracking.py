@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -11,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from cnnablate import tracking
 from cnnablate.tracking import (
     GIT_COMMIT_TAG,
     JOB_KEY_TAG,
@@ -75,6 +77,22 @@ def test_killed_run_is_marked_and_rerun_leaves_one_finished(study_setup) -> None
     assert len(_runs(setup, "demo/base/seed0", deleted=True)) == 3
     parent = MlflowClient(setup["tracking_uri"]).get_run(rerun.run_id).data.tags["mlflow.parentRunId"]
     assert parent == setup["parent_run_id"]
+
+
+def test_large_files_are_logged_by_reference_small_ones_copied(tmp_path, study_setup, monkeypatch) -> None:
+    small, large = tmp_path / "metrics.json", tmp_path / "model.pt"
+    small.write_text("{}")
+    large.write_bytes(bytes(range(256)) * 8)
+    monkeypatch.setattr(tracking, "COPY_LIMIT_BYTES", 1024)  # 2 KiB stands for a 612 MB model
+    run = JobRun(study_setup, "demo/base/seed0", "base/seed0", {"variant": "base"})
+    run.log_artifacts([small, large, tmp_path / "absent.csv"])
+    run.finish()
+    client = MlflowClient(study_setup["tracking_uri"])
+    assert [a.path for a in client.list_artifacts(run.run_id)] == ["metrics.json"]
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["cnnablate.file.model.pt.path"] == str(large.resolve())
+    assert tags["cnnablate.file.model.pt.bytes"] == "2048"
+    assert tags["cnnablate.file.model.pt.sha256"] == hashlib.sha256(large.read_bytes()).hexdigest()
 
 
 def test_sync_logs_analysis_numbers_once(tmp_path, study_setup) -> None:

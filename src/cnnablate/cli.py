@@ -1,4 +1,17 @@
-"""Command line: ``cnnablate measure TARGET`` for any torch model or a variant of a study config."""
+"""cnnablate: measure any torch model or a study's variant; plan a study's cost before it runs.
+
+Terms: TRF (theoretical receptive field) is the input window one output unit can see, from the layers'
+kernels, strides and dilations. ERF (effective receptive field, Luo et al. 2016) is where the output really
+looks: the gradient of the centre output unit with respect to the input, averaged over images; "95% radius"
+is the half-width of the smallest centred square holding 95% of that gradient mass, and ERF/TRF compares the
+ERF's size with the TRF's.
+
+examples:
+  cnnablate measure torchvision.models:resnet18                   # any module:callable, input 224
+  cnnablate measure torchvision.models:vit_b_16 --json
+  cnnablate measure pool-avg --config config/config.yaml --erf    # a variant of a study, with its ERF
+  cnnablate plan --configfile config/config.yaml --gpus 4         # jobs, FLOPs, time and disk of a study
+"""
 
 from __future__ import annotations
 
@@ -7,6 +20,7 @@ import difflib
 import importlib
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +84,15 @@ def _factory(module: ModuleType, module_name: str, attribute: str) -> Callable[[
     return factory
 
 
+def _is_torchvision_model(name: str) -> bool:
+    """Whether torchvision has a model builder of this name (``resnet18``), so the error can suggest it."""
+    try:
+        from torchvision import models
+    except ImportError:
+        return False
+    return name in models.list_models()
+
+
 def load_target(target: str, config: Path | None, num_classes: int) -> tuple[nn.Module, str]:
     """``module:callable`` builds any model (torchvision.models:resnet50); otherwise a variant id of --config."""
     if ":" in target:
@@ -79,11 +102,15 @@ def load_target(target: str, config: Path | None, num_classes: int) -> tuple[nn.
             raise TargetError(f"{target} returned {_a(model)}, not a torch.nn.Module")
         return model, target
     if config is None:
-        raise TargetError(f"{target!r} is not module:callable; give --config STUDY.yaml to measure a variant id")
-    from cnnablate.config import Study, load_config
+        hint = f"; did you mean torchvision.models:{target}?" if _is_torchvision_model(target) else ""
+        raise TargetError(f"{target!r} is not module:callable; give --config STUDY.yaml to measure a variant id{hint}")
+    from cnnablate.config import ConfigError, Study, load_config
     from cnnablate.models import build_model
 
-    study = Study.from_config(load_config(config))
+    try:
+        study = Study.from_config(load_config(config))
+    except ConfigError as error:
+        raise TargetError(str(error)) from error
     if target not in study.variants:
         raise TargetError(f"unknown variant {target!r}; variants of {config}: {', '.join(study.variants)}")
     return build_model(study.variants[target].spec, num_classes), target
@@ -132,15 +159,43 @@ def _print_human(result: dict[str, Any]) -> None:
     erf = result.get("erf")
     if erf:
         print(
-            f"effective receptive field: std {erf['std']}, size {erf['erf_size']}, ERF/TRF "
+            f"effective receptive field: std {_rounded(erf['std'])}, size {_rounded(erf['erf_size'])}, ERF/TRF "
             f"{erf['erf_trf_ratio']:.3f}, 95% radius {erf['radius95']}"
         )
 
 
+def _rounded(value: Any) -> Any:
+    """Numbers to 2 decimals for reading (lists element by element); --json keeps full precision."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, list | tuple):
+        return [_rounded(item) for item in value]
+    return value
+
+
+def plan_command(args: argparse.Namespace) -> None:
+    from cnnablate.config import ConfigError
+    from cnnablate.data import DataError
+    from cnnablate.plan import format_plan, make_plan
+
+    try:
+        plan = make_plan(args.configfile, args.snakefile)
+    except (ConfigError, DataError, RuntimeError) as error:
+        raise TargetError(str(error)) from error
+    print(format_plan(plan, args.cores, args.gpus))
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="cnnablate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cnnablate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    measure = commands.add_parser("measure", help="params, MACs/FLOPs, theoretical and effective receptive field")
+    measure = commands.add_parser(
+        "measure",
+        help="params, MACs/FLOPs, theoretical and effective receptive field",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     measure.add_argument("target", help="module:callable (e.g. torchvision.models:resnet50) or a variant id")
     measure.add_argument("--config", type=Path, help="study config whose variant TARGET names")
     measure.add_argument(
@@ -150,12 +205,27 @@ def main(argv: list[str] | None = None) -> int:
         help="square input side (default 224, or 32 for a study variant)",
     )
     measure.add_argument("--num-classes", type=int, default=10, help="classes of a study variant's head")
-    measure.add_argument("--erf", action="store_true", help="also measure the ERF at initialisation (random inputs)")
-    measure.add_argument("--json", action="store_true", help="print JSON")
+    measure.add_argument(
+        "--erf", action="store_true", help="also measure the ERF (and its 95%% radius) at initialisation, random inputs"
+    )
+    measure.add_argument("--json", action="store_true", help="print JSON (full precision)")
+    plan = commands.add_parser(
+        "plan",
+        help="a study's jobs per rule, training FLOPs, estimated time and disk, before it runs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("--configfile", type=Path, default=Path("config/config.yaml"), help="the study config")
+    plan.add_argument("--snakefile", type=Path, default=Path("Snakefile"), help="the workflow (default ./Snakefile)")
+    plan.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="CPU jobs at a time (default: all)")
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs, one job each (default 1)")
     args = parser.parse_args(argv)
-    if args.input_size is None:
-        args.input_size = 224 if ":" in args.target else 32
     try:
+        if args.command == "plan":
+            plan_command(args)
+            return 0
+        if args.input_size is None:
+            args.input_size = 224 if ":" in args.target else 32
         result = measure_command(args)
     except TargetError as error:
         print(f"cnnablate: error: {error}", file=sys.stderr)

@@ -3,11 +3,17 @@
 The schema (``schemas/config.schema.yaml``, linked from ``workflow/schemas/``) is the single place that
 lists the model axes. Ablation blocks are checked against the same per-axis schemas, so a new axis added
 to the model schema is at once valid in ``base`` and in every ablation block.
+
+A key added after studies have run declares ``neutral``: the value at which it changes nothing (what every run
+before it did). The jobs' params leave such a key out at that value (:func:`job_param`) and the jobs fill it
+back in (:func:`restore_job_params`), so adding the key reruns nothing, and any other value reruns exactly the
+jobs it changes. ``neutral`` is not the default: changing a default later still reruns what it changes.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import json
 from collections.abc import Iterator, Mapping
@@ -17,7 +23,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import yaml
 
 SCHEMA_RESOURCE = "config.schema.yaml"
@@ -70,8 +75,45 @@ def model_axes() -> list[str]:
     return list(load_schema()["$defs"]["model"]["properties"])
 
 
-def _with_defaults(validator_class: type[jsonschema.protocols.Validator]) -> type:
+def _section_properties(section: str) -> dict[str, Any]:
+    """The schema of each key of a config section (``model`` is the schema of ``base`` and of every variant)."""
+    schema = load_schema()
+    if section == "model":
+        return schema["$defs"]["model"]["properties"]
+    return schema["properties"][section]["properties"]
+
+
+def job_param(section: str, value: Mapping[str, Any]) -> str:
+    """A section's values as a job's params: canonical JSON without the keys at their ``neutral`` value.
+
+    Snakemake reruns a job whose params changed; a key added with a neutral value therefore reruns nothing, while
+    a key set to anything else (in the config or by a changed default) reruns exactly the jobs whose value moved.
+    """
+    properties = _section_properties(section)
+    return canonical(
+        {
+            key: item
+            for key, item in value.items()
+            if "neutral" not in properties.get(key, {}) or item != properties[key]["neutral"]
+        }
+    )
+
+
+def restore_job_params(params: Any, **sections: str) -> None:
+    """Put the neutral keys that :func:`job_param` left out back into a job's params, so the job sees every key.
+
+    ``sections`` maps a param name to its config section, e.g. ``recipe="train"``: a rule's script calls this
+    before handing ``snakemake`` on (``restore_job_params(snakemake.params, spec="model", recipe="train")``).
+    """
+    for name, section in sections.items():
+        neutral = {key: s["neutral"] for key, s in _section_properties(section).items() if "neutral" in s}
+        setattr(params, name, canonical({**neutral, **json.loads(getattr(params, name))}))
+
+
+def _with_defaults(validator_class: type) -> type:
     """A validator that fills ``default`` values in while it validates (the jsonschema FAQ recipe)."""
+    import jsonschema
+
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):  # type: ignore[no-untyped-def]
@@ -92,19 +134,58 @@ def _resolve_model_defaults(instance: dict[str, Any], schema: dict[str, Any]) ->
             base.setdefault(axis, copy.deepcopy(axis_schema["default"]))
 
 
-def _describe(error: jsonschema.ValidationError) -> str:
-    """One readable line: the key path, what is wrong, and what is allowed."""
+def _key_sections() -> dict[str, list[str]]:
+    """Every mapping of the config (dotted path, ``base`` for the model) with the keys it allows."""
+    schema = load_schema()
+    sections: dict[str, list[str]] = {"base": list(schema["$defs"]["model"]["properties"])}
+
+    def walk(path: str, node: Mapping[str, Any]) -> None:
+        sections[path] = list(node["properties"])
+        for key, child in node["properties"].items():
+            if "properties" in child:
+                walk(f"{path}.{key}", child)
+
+    for key, section in schema["properties"].items():
+        if "properties" in section:
+            walk(key, section)
+    return sections
+
+
+def closest_key(path: str, key: str, allowed: list[str]) -> str | None:
+    """The valid key a misspelt or misplaced ``path.key`` most likely meant: the same name in another section
+    (``train.lrs`` -> ``tune.lrs``), else a close spelling here (``train.batchsize`` -> ``train.batch_size``),
+    else a close spelling elsewhere."""
+    sections = _key_sections()
+    elsewhere = [f"{name}.{key}" for name, keys in sections.items() if name != path and key in keys]
+    if elsewhere:
+        return elsewhere[0]
+    here = difflib.get_close_matches(key, allowed, n=1)
+    if here:
+        return f"{path}.{here[0]}" if path != "<top level>" else here[0]
+    others = {f"{name}.{k}": k for name, keys in sections.items() for k in keys}
+    close = difflib.get_close_matches(key, list(others.values()), n=1, cutoff=0.8)
+    return next((dotted for dotted, k in others.items() if close and k == close[0]), None)
+
+
+def _describe(error: Any) -> str:
+    """One readable phrase: the key path, what is wrong, and what is allowed (once)."""
     path = ".".join(str(part) for part in error.absolute_path) or "<top level>"
     schema = error.schema if isinstance(error.schema, dict) else {}
     if error.validator == "additionalProperties" and isinstance(error.instance, dict):
         allowed = sorted(schema.get("properties", {}))
-        unknown = sorted(set(error.instance) - set(allowed))
-        return f"{path}: unknown key(s) {unknown}; allowed keys: {allowed}"
-    allowed = ""
-    if "enum" in schema:
-        allowed = f"; allowed values: {schema['enum']}"
-    elif schema.get("description"):
-        allowed = f"; expected: {schema['description'].strip()}"
+        problems = []
+        for unknown in sorted(set(error.instance) - set(allowed)):
+            name = unknown if path == "<top level>" else f"{path}.{unknown}"
+            suggestion = closest_key(path, unknown, allowed)
+            hint = f"did you mean {suggestion}?" if suggestion else f"allowed keys: {', '.join(allowed)}"
+            problems.append(f"{name}: unknown key; {hint}")
+        return "; ".join(problems)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{missing if path == '<top level>' else f'{path}.{missing}'}: required, but missing"
+    if error.validator == "enum":
+        return f"{path}: {error.instance!r} is not allowed; allowed values: {', '.join(map(str, schema['enum']))}"
+    allowed = f"; expected: {' '.join(schema['description'].split())}" if schema.get("description") else ""
     if error.validator == "not" and "multipleOf" in schema.get("not", {}):
         return f"{path}: {error.instance!r} is not allowed{allowed}"
     return f"{path}: {error.message}{allowed}"
@@ -113,17 +194,26 @@ def _describe(error: jsonschema.ValidationError) -> str:
 def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a study config against the schema and return a copy with defaults filled in.
 
-    Raises ConfigError listing every problem, each naming its key and the allowed values.
+    Raises ConfigError: one line listing every problem, each naming its key and the allowed values.
     """
+    import jsonschema
+
     schema = load_schema()
     instance = copy.deepcopy(dict(config))
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise ConfigError("invalid study config:\n  " + "\n  ".join(_describe(e) for e in errors))
+        raise ConfigError("; ".join(_describe(e) for e in errors))
     _resolve_model_defaults(instance, schema)
-    if instance["data"]["dataset"] == "npz" and "path" not in instance["data"]:
-        raise ConfigError("data.path: required when data.dataset is 'npz' (a .npz file with x_train, ...)")
+    if instance["data"]["dataset"] == "npz":
+        if "path" not in instance["data"]:
+            raise ConfigError("data.path: required when data.dataset is 'npz' (a .npz file with x_train, ...)")
+        from cnnablate.data import DataError, check_npz_layout
+
+        try:
+            check_npz_layout(instance["data"]["path"])
+        except DataError as error:
+            raise ConfigError(str(error)) from error
     study = Study.from_config(instance)
     unknown = sorted(set(instance["analysis"]["interpret"]) - set(study.variants))
     if unknown:
@@ -135,8 +225,13 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML study config and validate it."""
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
+    try:
+        with open(path) as handle:
+            raw = yaml.safe_load(handle) or {}
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the study config ({error.strerror})") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from error
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a study config must be a mapping, got {type(raw).__name__}")
     return validate_config(raw)

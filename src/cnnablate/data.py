@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,29 +174,65 @@ def read_cifar(dataset: str, root: str | Path) -> ArrayDataset:
     return ArrayDataset(x_train, y_train, x_test, y_test, classes)
 
 
-def read_npz(path: str | Path) -> ArrayDataset:
-    """Read a bring-your-own npz and check shapes, dtypes and labels, naming the offending array."""
+NPZ_ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def npz_shapes(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array in an npz, read from the array headers only (nothing is loaded)."""
+    shapes = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            if member.endswith(".npy"):
+                with archive.open(member) as handle:
+                    major, _ = np.lib.format.read_magic(handle)
+                    header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = header(handle)
+                shapes[member.removesuffix(".npy")] = (shape, dtype)
+    return shapes
+
+
+def check_npz_layout(path: str | Path) -> None:
+    """Check a bring-your-own npz's arrays and image layout without loading it (the config check calls this
+    before any job starts): the four arrays present, images uint8 N x H x W x C, square, labels per image."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data.path: {path} does not exist")
+    if not path.is_file():
+        raise DataError(f"data.path: {path} does not exist (an npz with {', '.join(NPZ_ARRAYS)})")
+    try:
+        shapes = npz_shapes(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise DataError(f"data.path: {path} is not a readable npz ({error})") from error
+    missing = sorted(set(NPZ_ARRAYS) - set(shapes))
+    if missing:
+        raise DataError(f"{path}: missing array(s) {missing}; need {', '.join(NPZ_ARRAYS)}")
+    for split in ("train", "test"):
+        (shape, dtype), (labels, label_dtype) = shapes[f"x_{split}"], shapes[f"y_{split}"]
+        if dtype != np.uint8 or len(shape) != 4:
+            raise DataError(f"{path}: x_{split} must be uint8 N x H x W x C, got {dtype} with shape {shape}")
+        if shape[1] in (1, 3, 4) and shape[2] == shape[3] and shape[3] not in (1, 3, 4):
+            raise DataError(
+                f"{path}: x_{split} is channels-first (N x C x H x W = {shape}); store N x H x W x C, "
+                "e.g. x.transpose(0, 2, 3, 1)"
+            )
+        if shape[1] != shape[2]:
+            raise DataError(f"{path}: x_{split} images must be square (H == W), got N x H x W x C = {shape}")
+        if len(labels) != 1 or labels[0] != shape[0] or not np.issubdtype(label_dtype, np.integer):
+            raise DataError(
+                f"{path}: y_{split} must be integer labels of length {shape[0]}, got {label_dtype} {labels}"
+            )
+    if shapes["x_train"][0][1:] != shapes["x_test"][0][1:]:
+        raise DataError(f"{path}: x_train and x_test image shapes differ")
+
+
+def read_npz(path: str | Path) -> ArrayDataset:
+    """Read a bring-your-own npz (layout checked by :func:`check_npz_layout`) and check its labels."""
+    path = Path(path)
+    check_npz_layout(path)
     with np.load(path, allow_pickle=False) as npz:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
-        if missing:
-            raise DataError(f"{path}: missing array(s) {sorted(missing)}; need x_train, y_train, x_test, y_test")
-        arrays = {name: npz[name] for name in ("x_train", "y_train", "x_test", "y_test")}
+        arrays = {name: npz[name] for name in NPZ_ARRAYS}
         classes = [str(c) for c in npz["classes"]] if "classes" in npz.files else None
     for split in ("train", "test"):
-        x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise DataError(f"{path}: x_{split} must be uint8 N x H x W x C, got {x.dtype} with shape {x.shape}")
-        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
-            raise DataError(f"{path}: y_{split} must be integer labels of length {len(x)}, got {y.dtype} {y.shape}")
-        if y.min() < 0:
+        if arrays[f"y_{split}"].min() < 0:
             raise DataError(f"{path}: y_{split} has negative labels")
-    if arrays["x_train"].shape[1] != arrays["x_train"].shape[2]:
-        raise DataError(f"{path}: images must be square (H == W), got {arrays['x_train'].shape[1:3]}")
-    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
-        raise DataError(f"{path}: x_train and x_test image shapes differ")
     num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
     classes = classes or [str(i) for i in range(num_classes)]
     if len(classes) < num_classes:

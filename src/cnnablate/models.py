@@ -109,7 +109,8 @@ class SeparableConv2d(nn.Sequential):
 
 
 class Block(nn.Module):
-    """``act(norm(conv(x)))``, or with ``residual``: ``act(shortcut(x) + skip_gain * norm(conv(x)))``.
+    """``act(norm(conv(x)))``, or with ``residual``: ``act(shortcut(x) + skip_gain * norm(conv(x)))``; then
+    ``dropout`` when its probability is above 0 (after ``act``, so the analyses' hooks on ``act`` see it unchanged).
 
     The residual form is He et al.'s original ResNet (2016) with one convolution per block: the plain
     block plus an identity shortcut, a 1x1 projection (+ norm) where channels or stride change, and the
@@ -126,6 +127,7 @@ class Block(nn.Module):
         act: nn.Module,
         shortcut: nn.Module | None = None,
         skip_init: bool = False,
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.conv, self.norm, self.act = conv, norm, act
@@ -134,14 +136,17 @@ class Block(nn.Module):
             self.shortcut = shortcut
             if skip_init:
                 self.skip_gain = nn.Parameter(torch.zeros(()))
+        if dropout > 0:  # no layer at 0: the model (and its state dict) stays what it was before the axis
+            self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.norm(self.conv(x))
-        if not self.residual:
-            return self.act(out)
-        if hasattr(self, "skip_gain"):
-            out = out * self.skip_gain
-        return self.act(self.shortcut(x) + out)
+        if self.residual:
+            if hasattr(self, "skip_gain"):
+                out = out * self.skip_gain
+            out = self.shortcut(x) + out
+        out = self.act(out)
+        return self.dropout(out) if hasattr(self, "dropout") else out
 
 
 def make_norm(kind: str, channels: int, groups: int) -> nn.Module:
@@ -257,6 +262,7 @@ def build_spatial_network(
                     ACTIVATIONS[spec["activation"]](),
                     shortcut,
                     skip_init=spec["norm"] in ("none", "nf"),
+                    dropout=spec["dropout"],
                 )
             )
             channels, size = width, out_size
@@ -274,6 +280,8 @@ def build_mlp(spec: Mapping[str, Any], num_classes: int, in_channels: int, image
     features = in_channels * image_size * image_size
     for hidden in scaled_widths(spec, "fc_hidden"):
         layers += [nn.Linear(features, hidden), ACTIVATIONS[spec["activation"]]()]
+        if spec["dropout"] > 0:
+            layers.append(nn.Dropout(spec["dropout"]))
         features = hidden
     layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)

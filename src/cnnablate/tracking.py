@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import json
 import math
 import os
@@ -32,6 +33,10 @@ JOB_KEY_TAG = "cnnablate.job_key"
 ROLE_TAG = "cnnablate.role"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 SOURCE_DIR = Path(__file__).resolve().parent
+# Files above this size are logged by reference (path, size, sha256 as tags), not copied: the results/ folder
+# already holds them, and a study of large models would otherwise store every model.pt twice.
+COPY_LIMIT_BYTES = 100 * 2**20
+REFERENCE_TAG = "cnnablate.file"
 
 
 @functools.cache
@@ -128,6 +133,20 @@ def _retry(action, attempts: int = 5):  # type: ignore[no-untyped-def]
     return None
 
 
+def file_reference(path: Path) -> dict[str, str]:
+    """Tags that stand for a file too large to copy into MLflow: where it is, its size, its sha256."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    prefix = f"{REFERENCE_TAG}.{path.name}"
+    return {
+        f"{prefix}.path": str(path.resolve()),
+        f"{prefix}.bytes": str(path.stat().st_size),
+        f"{prefix}.sha256": digest.hexdigest(),
+    }
+
+
 def _stringify(value: Any) -> str:
     return json.dumps(value) if isinstance(value, list | dict) else str(value)
 
@@ -153,8 +172,15 @@ class RunLogger:
         _retry(lambda: self.client.log_batch(self.run_id, metrics=items))
 
     def log_artifacts(self, paths: Iterable[str | Path], artifact_path: str | None = None) -> None:
-        for path in paths:
-            if Path(path).exists():
+        """Copy each existing file into the run's artifacts; a file above :data:`COPY_LIMIT_BYTES` (a 612 MB
+        ``arch-local`` model.pt) is logged by reference instead: tags with its path, size and sha256."""
+        for path in map(Path, paths):
+            if not path.exists():
+                continue
+            if path.stat().st_size > COPY_LIMIT_BYTES:
+                for key, value in file_reference(path).items():
+                    _retry(lambda key=key, value=value: self.client.set_tag(self.run_id, key, value))
+            else:
                 _retry(lambda path=path: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
 

@@ -1,13 +1,18 @@
 # Turns the validated config into the study's variants, paths and list of targets.
 import os
+import sys
 
 from cnnablate import layout
-from cnnablate.config import Study, canonical, validate_config
+from cnnablate.config import ConfigError, Study, canonical, job_param, validate_config
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
-config.update(validate_config(config))  # fails here, before any job, naming the bad key
+# Before any job: one line naming the key; sys.exit prints it without Snakemake's traceback lines.
+try:
+    config.update(validate_config(config))
+except ConfigError as error:
+    sys.exit(f"config error: {error}")
 STUDY = Study.from_config(config)
 RESULTS = layout.results_dir(STUDY.name)
 REPORTS = layout.reports_dir(STUDY.name)
@@ -41,8 +46,8 @@ def expand_runs(pattern):
 
 
 def variant_spec(wildcards):
-    """The variant's model spec as canonical JSON (see `canonical`: key order never reruns a job)."""
-    return canonical(STUDY.variants[wildcards.variant].spec)
+    """The variant's model spec as a job param (see `job_param`: a neutral new axis reruns nothing)."""
+    return job_param("model", STUDY.variants[wildcards.variant].spec)
 
 
 def ablation_tags(wildcards=None):

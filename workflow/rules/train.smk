@@ -42,7 +42,7 @@ rule train:
     params:
         study=STUDY.name,
         spec=variant_spec,
-        recipe=canonical(config["train"]),
+        recipe=job_param("train", config["train"]),
         # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
         checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
     script:

@@ -21,8 +21,8 @@ rule tune:
     params:
         study=STUDY.name,
         spec=variant_spec,
-        recipe=canonical(config["train"]),
-        tune=canonical(config["tune"]),
+        recipe=job_param("train", config["train"]),
+        tune=job_param("tune", config["tune"]),
         # outside the outputs: Snakemake deletes a failed job's outputs, finished grid points must survive
         resume=f"{RESULTS}/checkpoints/tune/{{variant}}.pt",
     script:

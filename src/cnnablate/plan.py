@@ -1,0 +1,181 @@
+"""What a study costs before it starts: jobs per rule, training FLOPs, time on named machines, disk.
+
+The job counts are Snakemake's own (a dry run of the workflow in an empty folder), so they cannot drift from
+the rules; parameters and MACs are the project's counters (``cnnablate.measure``) on every variant, built on
+PyTorch's meta device (no memory, no arithmetic). Training FLOPs are an upper bound: every run is charged its
+``train.max_steps`` cap, 3 x the forward pass (forward, and backward's two products) x 2 FLOPs per MAC per
+image. Evaluation passes and fixed job costs beyond :data:`JOB_START_S` are not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnablate.config import Study, load_config
+
+
+@dataclass(frozen=True)
+class Machine:
+    """A training rate (FLOP/s of one training job) with where it comes from."""
+
+    name: str
+    flops_per_s: float
+    source: str
+    bound: bool = False  # True: a peak rate, so the time is a lower bound
+
+
+# The one place the rates live. Add a measured GPU rate here (benchmarks/throughput.py on the box: images/s of
+# loop (a) x 6 x MACs per image) and it replaces the peak bound.
+MACHINES = {
+    "cpu": Machine(
+        "2-core CPU, 1 thread per job, bf16",
+        1789 * 6 * 9.88e6,
+        "docs/performance.md: loop (a) 1789 images/s on the demo base (9.88 M MACs per image)",
+    ),
+    "h200": Machine(
+        "NVIDIA H200",
+        989e12,
+        "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 peak; no measured rate yet (docs/performance.md)",
+        bound=True,
+    ),
+}
+JOB_START_S = 5.0  # docs/performance.md: a training job's fixed cost (start, imports, exit), 4.7-5.5 CPU s
+BYTES_PER_PARAM = 4  # float32 state dict
+
+
+@dataclass(frozen=True)
+class VariantCost:
+    variant: str
+    params: int
+    macs: int
+
+
+@dataclass
+class Plan:
+    """The counts and costs of one study config."""
+
+    study: Study
+    jobs: dict[str, int]
+    variants: list[VariantCost]
+    train_images: int
+
+    @property
+    def seeds(self) -> int:
+        return len(self.study.config["seeds"])
+
+    def training_flops(self) -> int:
+        """Final training runs, each at its step cap."""
+        train = self.study.config["train"]
+        return sum(6 * v.macs * train["batch_size"] * train["max_steps"] for v in self.variants) * self.seeds
+
+    def tuning_flops(self) -> int:
+        """Tuning: every variant, every learning rate, ``tune.epochs`` over ``tune.train_subset``."""
+        tune = self.study.config["tune"]
+        if not tune["enabled"]:
+            return 0
+        subset = tune["train_subset"]
+        images = round(subset * self.train_images) if isinstance(subset, float) else subset
+        return sum(6 * v.macs * images * tune["epochs"] * len(tune["lrs"]) for v in self.variants)
+
+    def model_bytes(self) -> int:
+        """Every run's ``model.pt``."""
+        return sum(v.params for v in self.variants) * BYTES_PER_PARAM * self.seeds
+
+    def largest_checkpoint_bytes(self) -> int:
+        """A running job's checkpoint: weights and momentum (deleted when the run finishes)."""
+        return 2 * max(v.params for v in self.variants) * BYTES_PER_PARAM
+
+    def hours(self, machine: Machine, slots: int) -> float:
+        """Wall hours with ``slots`` jobs at a time (CPU cores, or GPUs)."""
+        work = (self.training_flops() + self.tuning_flops()) / machine.flops_per_s
+        return (work + JOB_START_S * sum(self.jobs.values())) / slots / 3600
+
+
+def dry_run_jobs(configfile: Path, snakefile: Path) -> dict[str, int]:
+    """Jobs per rule, from Snakemake's dry run of the study in an empty folder (the whole study still to run)."""
+    snakemake = Path(sys.executable).with_name("snakemake")
+    with tempfile.TemporaryDirectory() as workdir:
+        command = [str(snakemake), "-s", str(snakefile.resolve()), "-d", workdir]
+        result = subprocess.run(
+            [*command, "--configfile", str(configfile.resolve()), "--dry-run"],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "snakemake failed")
+    jobs: dict[str, int] = {}
+    for rule in re.findall(r"^(?:local)?rule (\w+):$", result.stdout, re.MULTILINE):
+        jobs[rule] = jobs.get(rule, 0) + 1
+    return jobs
+
+
+def image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
+    """(channels, side, training images after the validation split) of the study's dataset."""
+    from cnnablate.data import npz_shapes, validation_count
+
+    if data["dataset"] == "npz":
+        (count, side, _, channels), _ = npz_shapes(Path(data["path"]))["x_train"]
+    else:
+        channels, side = 3, 32
+        count = {"cifar10": 50000, "cifar100": 50000}.get(data["dataset"]) or data["synthetic"]["train_size"]
+    count = min(count, data["train_size"] or count)
+    return channels, side, count - validation_count(data["validation"], count)
+
+
+def make_plan(configfile: Path, snakefile: Path = Path("Snakefile")) -> Plan:
+    import torch
+
+    from cnnablate.measure.macs import count_macs
+    from cnnablate.measure.params import count_params
+    from cnnablate.models import build_model
+
+    study = Study.from_config(load_config(configfile))
+    channels, side, train_images = image_shape(study.config["data"])
+    variants = []
+    for variant in study.variants.values():
+        with torch.device("meta"):
+            model = build_model(variant.spec, 10, in_channels=channels, image_size=side)
+        variants.append(VariantCost(variant.id, count_params(model), count_macs(model, (channels, side, side))))
+    return Plan(study, dry_run_jobs(configfile, snakefile), variants, train_images)
+
+
+def _size(count: float, unit: str = "") -> str:
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if count >= scale:
+            return f"{count / scale:.3g} {prefix}{unit}"
+    return f"{count:.3g} {unit}"
+
+
+def format_plan(plan: Plan, cores: int, gpus: int) -> str:
+    train, tune = plan.study.config["train"], plan.study.config["tune"]
+    total = sum(plan.jobs.values())
+    largest = max(plan.variants, key=lambda v: v.params)
+    lines = [
+        f"study {plan.study.name}: {len(plan.variants)} variants x {plan.seeds} seeds = "
+        f"{len(plan.variants) * plan.seeds} training runs, {total} jobs",
+        "jobs per rule: " + ", ".join(f"{rule} {count}" for rule, count in plan.jobs.items()),
+        f"training FLOPs (cap {train['max_steps']} steps x batch {train['batch_size']} x 6 x MACs): "
+        f"{_size(plan.training_flops(), 'FLOP')}",
+        f"tuning FLOPs ({len(tune['lrs'])} rates x {tune['epochs']} epochs per variant): "
+        f"{_size(plan.tuning_flops(), 'FLOP')}" + ("" if tune["enabled"] else " (tuning off)"),
+    ]
+    for key, slots in (("cpu", cores), ("h200", gpus)):
+        machine = MACHINES[key]
+        hours = plan.hours(machine, slots)
+        kind = "at least " if machine.bound else "about "
+        what = f"{slots} core(s)" if key == "cpu" else f"{slots} GPU(s)"
+        lines.append(f"time on {machine.name}, {what}: {kind}{hours:.3g} h ({hours * 60:.3g} min) [{machine.source}]")
+    lines.append(
+        f"disk: models {_size(plan.model_bytes(), 'B')} ({largest.variant}: {largest.params:,} parameters, "
+        f"{_size(largest.params * BYTES_PER_PARAM, 'B')} per model.pt); checkpoints up to "
+        f"{_size(plan.largest_checkpoint_bytes(), 'B')} per running job"
+    )
+    return "\n".join(lines)
