@@ -28,11 +28,10 @@ class Machine:
     name: str
     flops_per_s: float
     source: str
-    bound: bool = False  # True: a peak rate, so the time is a lower bound
 
 
-# The one place the rates live. Add a measured GPU rate here (benchmarks/throughput.py on the box: images/s of
-# loop (a) x 6 x MACs per image) and it replaces the peak bound.
+# The one place the rates live, each measured by benchmarks/throughput.py (images/s of loop (a) x 6 x MACs per
+# image) on the machine it names.
 MACHINES = {
     "cpu": Machine(
         "2-core CPU, 1 thread per job, bf16",
@@ -40,10 +39,10 @@ MACHINES = {
         "docs/performance.md: loop (a) 1789 images/s on the demo base (9.88 M MACs per image)",
     ),
     "h200": Machine(
-        "NVIDIA H200",
-        989e12,
-        "NVIDIA H200 datasheet: 989 TFLOP/s dense BF16 peak; no measured rate yet (docs/performance.md)",
-        bound=True,
+        "NVIDIA H200, eager loop",
+        45.5e12 / 0.5008,
+        "docs/performance.md: H200 run of 2026-11-30, throughput.py loop (a) on the CIFAR base, 45.5 TFLOP per "
+        "500.8 ms epoch (CUDA graphs: 299 ms)",
     ),
 }
 JOB_START_S = 5.0  # docs/performance.md: a training job's fixed cost (start, imports, exit), 4.7-5.5 CPU s
@@ -64,7 +63,6 @@ class Plan:
     study: Study
     jobs: dict[str, int]
     variants: list[VariantCost]
-    train_images: int
 
     @property
     def seeds(self) -> int:
@@ -76,13 +74,13 @@ class Plan:
         return sum(6 * v.macs * train["batch_size"] * train["max_steps"] for v in self.variants) * self.seeds
 
     def tuning_flops(self) -> int:
-        """Tuning: every variant, every learning rate, ``tune.epochs`` over ``tune.train_subset``."""
-        tune = self.study.config["tune"]
+        """Tuning: every variant, every learning rate of the grid and the ``tune.extend`` rates the search may add
+        past an edge, each run at its ``tune.max_steps`` cap."""
+        tune, batch = self.study.config["tune"], self.study.config["train"]["batch_size"]
         if not tune["enabled"]:
             return 0
-        subset = tune["train_subset"]
-        images = round(subset * self.train_images) if isinstance(subset, float) else subset
-        return sum(6 * v.macs * images * tune["epochs"] * len(tune["lrs"]) for v in self.variants)
+        rates = len(tune["lrs"]) + tune["extend"]
+        return sum(6 * v.macs * batch * tune["max_steps"] * rates for v in self.variants)
 
     def model_bytes(self) -> int:
         """Every run's ``model.pt``."""
@@ -117,17 +115,14 @@ def dry_run_jobs(configfile: Path, snakefile: Path) -> dict[str, int]:
     return jobs
 
 
-def image_shape(data: dict[str, Any]) -> tuple[int, int, int]:
-    """(channels, side, training images after the validation split) of the study's dataset."""
-    from cnnablate.data import npz_shapes, validation_count
+def image_shape(data: dict[str, Any]) -> tuple[int, int]:
+    """(channels, side) of the study's images."""
+    from cnnablate.data import npz_shapes
 
     if data["dataset"] == "npz":
-        (count, side, _, channels), _ = npz_shapes(Path(data["path"]))["x_train"]
-    else:
-        channels, side = 3, 32
-        count = {"cifar10": 50000, "cifar100": 50000}.get(data["dataset"]) or data["synthetic"]["train_size"]
-    count = min(count, data["train_size"] or count)
-    return channels, side, count - validation_count(data["validation"], count)
+        (_, side, _, channels), _ = npz_shapes(Path(data["path"]))["x_train"]
+        return channels, side
+    return 3, 32
 
 
 def make_plan(configfile: Path, snakefile: Path = Path("Snakefile")) -> Plan:
@@ -138,13 +133,13 @@ def make_plan(configfile: Path, snakefile: Path = Path("Snakefile")) -> Plan:
     from cnnablate.models import build_model
 
     study = Study.from_config(load_config(configfile))
-    channels, side, train_images = image_shape(study.config["data"])
+    channels, side = image_shape(study.config["data"])
     variants = []
     for variant in study.variants.values():
         with torch.device("meta"):
             model = build_model(variant.spec, 10, in_channels=channels, image_size=side)
         variants.append(VariantCost(variant.id, count_params(model), count_macs(model, (channels, side, side))))
-    return Plan(study, dry_run_jobs(configfile, snakefile), variants, train_images)
+    return Plan(study, dry_run_jobs(configfile, snakefile), variants)
 
 
 def _size(count: float, unit: str = "") -> str:
@@ -164,15 +159,15 @@ def format_plan(plan: Plan, cores: int, gpus: int) -> str:
         "jobs per rule: " + ", ".join(f"{rule} {count}" for rule, count in plan.jobs.items()),
         f"training FLOPs (cap {train['max_steps']} steps x batch {train['batch_size']} x 6 x MACs): "
         f"{_size(plan.training_flops(), 'FLOP')}",
-        f"tuning FLOPs ({len(tune['lrs'])} rates x {tune['epochs']} epochs per variant): "
+        f"tuning FLOPs ({len(tune['lrs'])} rates + up to {tune['extend']} past an edge, x {tune['max_steps']} "
+        "steps per variant): "
         f"{_size(plan.tuning_flops(), 'FLOP')}" + ("" if tune["enabled"] else " (tuning off)"),
     ]
     for key, slots in (("cpu", cores), ("h200", gpus)):
         machine = MACHINES[key]
         hours = plan.hours(machine, slots)
-        kind = "at least " if machine.bound else "about "
         what = f"{slots} core(s)" if key == "cpu" else f"{slots} GPU(s)"
-        lines.append(f"time on {machine.name}, {what}: {kind}{hours:.3g} h ({hours * 60:.3g} min) [{machine.source}]")
+        lines.append(f"time on {machine.name}, {what}: about {hours:.3g} h ({hours * 60:.3g} min) [{machine.source}]")
     lines.append(
         f"disk: models {_size(plan.model_bytes(), 'B')} ({largest.variant}: {largest.params:,} parameters, "
         f"{_size(largest.params * BYTES_PER_PARAM, 'B')} per model.pt); checkpoints up to "

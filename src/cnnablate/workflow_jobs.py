@@ -127,6 +127,9 @@ def mlflow_setup(smk: Any) -> None:
 
 @workflow_job("cnnablate.train", "cnnablate.tune")
 def train(smk: Any) -> None:
+    from cnnablate.config import restore_job_params
+
+    restore_job_params(smk.params, spec="model", recipe="train")
     set_torch_threads(smk.threads)
     share_compile_cache(smk.params.checkpoint)
     from cnnablate.train import TrainJob
@@ -151,6 +154,9 @@ def train(smk: Any) -> None:
 
 @workflow_job("cnnablate.tune")
 def tune(smk: Any) -> None:
+    from cnnablate.config import restore_job_params
+
+    restore_job_params(smk.params, spec="model", recipe="train", tune="tune")
     set_torch_threads(smk.threads)
     share_compile_cache(smk.params.resume)
     from cnnablate.tune import tune_variant
