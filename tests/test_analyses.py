@@ -195,4 +195,4 @@ def test_analysis_jobs_use_snakemakes_threads_and_import_only_what_their_work_ne
     log = (tmp_path / "job.log").read_text()
     assert "torch uses 2 thread(s)" in log and "analysis on cpu" in log
     timings = json.loads(log.split("analysis timings ", 1)[1].splitlines()[0])
-    assert set(timings) == {"device", "data", "work"} and all(value >= 0 for value in timings.values())
+    assert set(timings) == {"cuda_init", "data", "work"} and all(value >= 0 for value in timings.values())

@@ -95,8 +95,8 @@ def analysis_run(smk: Any) -> Iterator[Any]:
     """A finished run opened for an analysis job (measure, shift_robustness, interpret): Snakemake's threads, a
     GPU slot when the host has one (the training jobs' slot locks, so ``train.jobs_per_gpu`` counts analyses
     too), the model and test images on that device, in the memory format the run trained with. Logs the job's
-    timings as one JSON line that benchmarks/overhead.py reads: device (slot and CUDA start), data (dataset and
-    model onto the device), work (the analysis itself)."""
+    timings as one JSON line that benchmarks/overhead.py reads: cuda_init (GPU slot and CUDA start; about 0 on a
+    CPU), data (dataset and model onto the device), work (the analysis itself)."""
     set_torch_threads(smk.threads)
     import torch
 
@@ -105,7 +105,7 @@ def analysis_run(smk: Any) -> Iterator[Any]:
 
     clock = time.perf_counter()
     choice = choose_device("fp32", "off", smk.params.jobs_per_gpu)  # precision: the run's own (run.autocast)
-    timings = {"device": time.perf_counter() - clock}
+    timings = {"cuda_init": time.perf_counter() - clock}
     clock = time.perf_counter()
     run = load_run(run_dir(smk), smk.input.data, choice.device)
     if run.metrics.get("channels_last"):
