@@ -1,4 +1,9 @@
-"""The measure rule's work for one run: cost, receptive fields and first-layer filters, before and after training."""
+"""The measure rule's work for one run: cost, receptive fields and first-layer filters, before and after training.
+
+It runs where the run was opened (a GPU slot, else the CPU): the ERF's images go through the model in one batch
+on a GPU, in small batches on a CPU (``ERF_BATCH``). ERFs are input gradients measured in float32 (TF32 on CUDA),
+whatever precision the run trained in: a measurement, not a prediction, and a few dozen images.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +19,21 @@ import torch
 from cnnablate.filters import edge_match_score, first_conv_weight
 from cnnablate.measure import ERFResult, count_macs, count_params, effective_rf, theoretical_rf
 from cnnablate.models import block_outputs
-from cnnablate.runs import build_for_dataset, load_run
+from cnnablate.runs import LoadedRun, build_for_dataset
 from cnnablate.train import kill_point
 
 log = logging.getLogger(__name__)
 
+# Images per backward pass: all of them at once on a GPU; on a CPU small batches, as the canvas may be several
+# times the image.
+ERF_BATCH = {"cpu": 16, "cuda": 1024}
+
 
 def _erf_or_none(model: torch.nn.Module, **kwargs: Any) -> ERFResult | None:
     """The ERF, or None where it is undefined: the input gradient is zero everywhere (every unit dead)."""
+    device = next(model.parameters()).device
     try:
-        return effective_rf(model, **kwargs)
+        return effective_rf(model, batch_size=ERF_BATCH.get(device.type, ERF_BATCH["cpu"]), **kwargs)
     except RuntimeError as exc:
         if "zero everywhere" not in str(exc):
             raise
@@ -69,15 +79,16 @@ def erf_by_depth(
 
 
 def measure_run(
-    run_dir: str | Path,
-    dataset: str | Path,
+    trained: LoadedRun,
     outputs: Mapping[str, str],
     erf_images: int,
     erf_canvas: int | None,
 ) -> dict[str, Any]:
-    """Write measures.json, the ERF maps (init, trained) and their figure for one finished run."""
-    trained = load_run(run_dir, dataset)
-    initial_model = build_for_dataset(trained.metrics["spec"], trained.arrays, trained.metrics["seed"]).eval()
+    """Write measures.json, the ERF maps (init, trained) and their figure for one finished run, on the device the
+    run was opened on (``load_run(..., device)``)."""
+    device = trained.test.device
+    initial_model = build_for_dataset(trained.metrics["spec"], trained.arrays, trained.metrics["seed"])
+    initial_model = initial_model.to(device).eval()
     input_size = tuple(trained.test.images.shape[1:])
     images = trained.test.normalize(trained.test.images[:erf_images])
     result: dict[str, Any] = {

@@ -19,7 +19,8 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,36 @@ def set_torch_threads(threads: int) -> None:
 def run_dir(smk: Any) -> Path:
     """The run folder of a per-run job (where its metrics.json lives)."""
     return Path(smk.input.metrics).parent
+
+
+@contextmanager
+def analysis_run(smk: Any) -> Iterator[Any]:
+    """A finished run opened for an analysis job (measure, shift_robustness, interpret): Snakemake's threads, a
+    GPU slot when the host has one (the training jobs' slot locks, so ``train.jobs_per_gpu`` counts analyses
+    too), the model and test images on that device, in the memory format the run trained with. Logs the job's
+    timings as one JSON line that benchmarks/overhead.py reads: cuda_init (GPU slot and CUDA start; about 0 on a
+    CPU), data (dataset and model onto the device), work (the analysis itself)."""
+    set_torch_threads(smk.threads)
+    import torch
+
+    from cnnablate.devices import choose_device
+    from cnnablate.runs import load_run
+
+    clock = time.perf_counter()
+    choice = choose_device("fp32", "off", smk.params.jobs_per_gpu)  # precision: the run's own (run.autocast)
+    timings = {"cuda_init": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    run = load_run(run_dir(smk), smk.input.data, choice.device)
+    if run.metrics.get("channels_last"):
+        run.model.to(memory_format=torch.channels_last)
+        run.test.memory_format = torch.channels_last
+    timings["data"] = time.perf_counter() - clock
+    log.info("analysis on %s, autocast %s, channels_last %s", choice.description, run.autocast, run.test.memory_format)
+    clock = time.perf_counter()
+    yield run
+    timings["work"] = time.perf_counter() - clock
+    log.info("analysis timings %s", json.dumps({key: round(value, 4) for key, value in timings.items()}))
+    del choice  # the GPU slot is held until here
 
 
 @workflow_job("cnnablate.data")
@@ -194,35 +225,28 @@ def tuning_table(smk: Any) -> None:
     write_table(list(smk.input), smk.output[0])
 
 
-@workflow_job("cnnablate.run_measures", "cnnablate.rf_laws")
+@workflow_job("cnnablate.run_measures")
 def measure(smk: Any) -> None:
-    set_torch_threads(smk.threads)
-    from cnnablate.rf_laws import run_rf_laws
     from cnnablate.run_measures import measure_run
 
     outputs = dict(smk.output.items())
     rf_laws_output = outputs.pop("rf_laws")
-    measure_run(
-        run_dir=run_dir(smk),
-        dataset=smk.input.data,
-        outputs=outputs,
-        erf_images=smk.params.erf_images,
-        erf_canvas=smk.params.erf_canvas,
-    )
+    with analysis_run(smk) as run:
+        measure_run(run, outputs=outputs, erf_images=smk.params.erf_images, erf_canvas=smk.params.erf_canvas)
+    from cnnablate.rf_laws import run_rf_laws  # scipy and pandas: after the device work, which they do not need
+
     run_rf_laws(outputs["measures"], rf_laws_output)
 
 
 @workflow_job("cnnablate.runs", "cnnablate.shift")
 def shift_robustness(smk: Any) -> None:
-    set_torch_threads(smk.threads)
-    from cnnablate.runs import load_run
     from cnnablate.shift import shift_robustness as shifted_accuracy
 
-    run = load_run(run_dir(smk), smk.input.data)
-    if run.metrics.get("diverged"):  # NaN logits would score as a constant predictor: record nothing instead
-        results = {f"shift_{kind}_{s}px": None for s in smk.params.shifts for kind in ("acc", "consistency")}
-    else:
-        results = shifted_accuracy(run.model, run.test, smk.params.shifts, run.autocast)
+    with analysis_run(smk) as run:
+        if run.metrics.get("diverged"):  # NaN logits would score as a constant predictor: record nothing instead
+            results = {f"shift_{kind}_{s}px": None for s in smk.params.shifts for kind in ("acc", "consistency")}
+        else:
+            results = shifted_accuracy(run.model, run.test, smk.params.shifts, run.autocast)
     Path(smk.output[0]).write_text(json.dumps(results, indent=2) + "\n")
 
 
@@ -235,11 +259,10 @@ def shift_robustness_figure(smk: Any) -> None:
 
 @workflow_job("cnnablate.interpret", "cnnablate.runs")
 def interpret(smk: Any) -> None:
-    set_torch_threads(smk.threads)
     from cnnablate.interpret import interpret_run
-    from cnnablate.runs import load_run
 
-    interpret_run(load_run(run_dir(smk), smk.input.data), smk.output[0])
+    with analysis_run(smk) as run:
+        interpret_run(run, smk.output[0])
 
 
 @workflow_job("cnnablate.report")

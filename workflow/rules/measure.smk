@@ -19,8 +19,12 @@ rule measure:
         f"{BENCHMARKS}/measure/{{variant}}/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: 1
+    # a GPU slot shared with training (train.jobs_per_gpu) when the host has one, else train.threads CPU threads
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
     params:
+        jobs_per_gpu=config["train"]["jobs_per_gpu"],
         erf_images=config["analysis"]["erf_images"],
         erf_canvas=config["analysis"]["erf_canvas"],
     script:

@@ -40,7 +40,12 @@ rule interpret:
         f"{BENCHMARKS}/interpret/{{variant}}/seed{{seed}}.tsv"
     conda:
         ENV
-    threads: 1
+    # a GPU slot shared with training (train.jobs_per_gpu) when the host has one, else train.threads CPU threads
+    threads: config["train"]["threads"]
+    resources:
+        gpu=1,
+    params:
+        jobs_per_gpu=config["train"]["jobs_per_gpu"],
     script:
         "../scripts/interpret.py"
 
