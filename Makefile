@@ -15,7 +15,7 @@ export UV_COMPILE_BYTECODE := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 
-.PHONY: setup smoke demo test lint browser bench mlflow-ui mlflow-server clean-demo
+.PHONY: setup smoke demo test lint browser bench gpu-check mlflow-ui mlflow-server clean-demo
 
 setup: $(VENV)/.synced
 
@@ -59,6 +59,11 @@ browser:
 
 bench: setup
 	$(BIN)/python benchmarks/throughput.py --config config/demo.yaml
+
+# On a GPU host: pytest -m gpu, throughput (eager and CUDA graphs) and a CIFAR-shaped study slice, summarised
+# (docs/performance.md, "GPU check"). Without nvidia-smi it runs its reduced CPU mode.
+gpu-check: setup
+	PY=$(BIN)/python bash benchmarks/gpu_check.sh
 
 # The local SQLite store only (MLFLOW_TRACKING_URI is not read: a tracking server is its own UI, open its address).
 # It listens on 127.0.0.1: from a remote box, tunnel it (ssh -L 5000:127.0.0.1:5000 gpu-box), open localhost:5000.

@@ -23,7 +23,16 @@ PROFILE = ROOT / "profiles" / "slurm"
 # profiles/default (local runs) would otherwise be applied on top as the workflow profile: see the profile's header.
 SLURM_ARGS = ("--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "2")
 REMOTE_RULES = {"prepare_data", "train", "measure", "shift_robustness", "interpret"}
-LOCAL_RULES = {"download_data", "mlflow_setup", "mlflow_sync", "shift_robustness_figure", "tuning_table", "report"}
+LOCAL_RULES = {
+    "download_data",
+    "mlflow_setup",
+    "mlflow_sync",
+    "shift_robustness_figure",
+    "tuning_table",
+    "report",
+    "track",
+    "track_tuning",
+}
 
 # Stands in for sbatch, sinfo, sacct, ...: records each call as a JSON line; sbatch refuses every job, so the run
 # stops after the first wave of submissions, and sinfo names one default partition.
@@ -136,7 +145,7 @@ def test_train_and_tune_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp
 
 
 @pytest.mark.e2e
-def test_analysis_and_data_jobs_request_cpus_memory_and_runtime_but_no_gpu(tmp_path, monkeypatch) -> None:
+def test_analysis_jobs_request_a_gpu_and_data_jobs_cpus_only(tmp_path, monkeypatch) -> None:
     settings = tiny_config(seeds=[0], tune={"enabled": False})
     config = write_config(tmp_path, settings)
     runs, interpret = study_jobs(settings)
@@ -158,8 +167,12 @@ def test_analysis_and_data_jobs_request_cpus_memory_and_runtime_but_no_gpu(tmp_p
     assert rules == sorted(["prepare_data"] + ["interpret"] * interpret + ["measure", "shift_robustness"] * len(runs))
     for comment, args in sbatch.items():
         wanted = profile_resources(rule_of(comment))
-        assert option(args, "--gpus") is None and option(args, "--gres") is None, (comment, args)
-        assert option(args, "--cpus-per-task") == "1", (comment, args)  # threads: 1 in these rules
+        if rule_of(comment) == "prepare_data":
+            assert option(args, "--gpus") is None and option(args, "--gres") is None, (comment, args)
+            assert option(args, "--cpus-per-task") == "1", (comment, args)
+        else:  # the analyses claim a GPU like training, sharing it per train.jobs_per_gpu
+            assert option(args, "--gpus") == "1", (comment, args)
+            assert option(args, "--cpus-per-gpu") == "1", (comment, args)  # train.threads of the tiny config
         assert option(args, "--mem") == str(wanted["mem_mb"]), comment
         assert option(args, "-t") == str(wanted["runtime"]), comment
 
@@ -224,7 +237,7 @@ def test_tiny_study_runs_on_the_slurm_cluster(tmp_path: Path) -> None:
         "rf_laws_study": 1,
     }, counts
     assert not LOCAL_RULES & set(by_rule)
-    gpu_rules = {"train", "tune"}
+    gpu_rules = {"train", "tune", "measure", "shift_robustness", "interpret"}
     assert all("gres/gpu=1" in tres for rule in gpu_rules for tres in by_rule[rule]), by_rule
     assert not any(
         "gres/gpu" in tres for rule, tres_list in by_rule.items() if rule not in gpu_rules for tres in tres_list
