@@ -168,8 +168,8 @@ def test_tables_agree_with_the_raw_metrics(tiny_study: Path) -> None:
         mean = float(np.mean(accuracies))
         half = stats.t.ppf(0.975, len(accuracies) - 1) * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))
         assert summary.loc[variant, "test_acc_mean"] == pytest.approx(mean)
-        assert summary.loc[variant, "test_acc_ci_low"] == pytest.approx(mean - half, nan_ok=True)
-        assert summary.loc[variant, "test_acc_ci_high"] == pytest.approx(mean + half, nan_ok=True)
+        assert summary.loc[variant, "test_acc_ci_low"] == pytest.approx(max(0.0, mean - half), nan_ok=True)
+        assert summary.loc[variant, "test_acc_ci_high"] == pytest.approx(min(1.0, mean + half), nan_ok=True)
         params = {m["params"] for m in raw if m["variant"] == variant}
         assert summary.loc[variant, "params_mean"] == params.pop()
     base = [m["test_acc"] for m in raw if m["variant"] == "base"]

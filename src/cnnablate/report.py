@@ -711,13 +711,21 @@ def _output_caption(analysis: str, path: str) -> str:
     return STUDY_OUTPUT_CAPTIONS.get(Path(path).name, f"{analysis}: {Path(path).stem.replace('_', ' ')}.")
 
 
+INTERPRET_CAPTIONS = {
+    "filters.png": "first-layer filters as RGB images, each scaled to its own range",
+    "feature_maps.png": "one test image and the first channels of the feature map closing each stage",
+    "attributions.png": "test images with their saliency (|input gradient|) and Grad-CAM of the last spatial stage",
+}
+
+
 def learned_sections(interpret: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The interpretation figures of each interpreted run, named after the run's own metrics.json."""
     sections = []
     for directory in map(Path, interpret):
         variant = layout.run_metrics(directory)["variant"]
         pictures = [
-            Picture.of(png, f"{variant}: {png.stem.replace('_', ' ')}") for png in sorted(directory.glob("*.png"))
+            Picture.of(png, f"{variant}: {INTERPRET_CAPTIONS.get(png.name, png.stem.replace('_', ' '))}.")
+            for png in sorted(directory.glob("*.png"))
         ]
         sections.append({"variant": variant, "pictures": pictures})
     return sections
@@ -756,6 +764,7 @@ def build_report(
         seeds=results["seed"].nunique(),
         runs=len(results),
         diverged=int(results["diverged"].astype(bool).sum()),
+        not_converged=int(summary["not_converged_runs"].sum()),
         not_trained=summary.loc[~summary["trained"], "variant"].tolist(),
         blocks=blocks,
         notes=method_notes(results, searches),
