@@ -374,9 +374,9 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
         "The verdicts use this interval: a difference is called better or worse only when it excludes zero.",
         "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), shown for "
         "comparison; it ignores the pairing and is wider when seed-to-seed noise is shared.",
-        "Best: named only when the 95% interval of the leader's lead over the runner-up (paired by seed, else Welch) "
-        f"excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: the dataset cannot "
-        "separate them.",
+        "A best variant is named only when the 95% interval of the leader's lead over the runner-up (paired by "
+        f"seed, else Welch) excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: "
+        "the dataset cannot separate them.",
         f"Generalises worse: a trained variant whose training accuracy is within {TRAIN_ACC_TOLERANCE * 100:.0f} "
         "point of base's (or higher) while its paired interval of test accuracy lies below zero.",
     ]
