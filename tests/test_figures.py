@@ -91,3 +91,71 @@ def test_shift_table_leaves_out_predictions_that_cannot_move(tmp_path: Path, int
     assert table.loc["norm-none", "note"] == f"consistency not shown: {reason}"
     assert table.loc["norm-none", "acc_0px (%)"] == pytest.approx(10.0)  # its accuracy stays: chance is a number
     assert table.loc["pool-none", "note"] == "consistency without 1 of 3 seeds: did not train"
+
+
+def _search(variant: str, accuracies: tuple[float, ...], rates: tuple[float, ...]) -> dict:
+    grid = [{"lr": lr, "val_acc": a, "diverged": False} for lr, a in zip(rates, accuracies, strict=True)]
+    return {"variant": variant, "chosen_lr": max(grid, key=lambda p: p["val_acc"])["lr"], "chance": 0.1, "grid": grid}
+
+
+def test_the_counter_sees_crowded_tick_labels() -> None:
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0.05, 0.8], [1, 2])
+    ax.set_xscale("log")  # less than two decades: matplotlib labels the minor ticks 2x10^-1, 3x10^-1, ...
+    assert any("times10" in a and "times10" in b for a, b in overlapping_pairs(fig))
+    plt.close(fig)
+
+
+def test_learning_rate_ticks_are_the_rates_tried(tmp_path: Path, saved_figures: dict) -> None:
+    rates = (0.05, 0.2, 0.8)  # the GPU run's grid: under two decades, where the default log ticks crowd
+    variants = ["base", "norm-group", "norm-instance", "norm-nf"]
+    searches = {v: _search(v, (0.97, 1.0, 0.99), rates) for v in variants}
+    searches["base"]["grid"].append({"lr": 1.6, "val_acc": 0.5, "diverged": False, "extended": True})
+    kept: list[Figure] = []
+    original = figures.save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        kept.append(fig)
+        return original(fig, path)
+
+    figures.save = keep
+    try:
+        figures.lr_sensitivity_figure(searches, variants, figures.variant_styles(variants), "norm", tmp_path / "lr.png")
+    finally:
+        figures.save = original
+    ax = kept[0].axes[0]
+    assert list(ax.get_xticks()) == [*rates, 1.6] and [t.get_text() for t in ax.get_xticklabels()] == [
+        "0.05",
+        "0.2",
+        "0.8",
+        "1.6",
+    ]
+    assert not ax.xaxis.get_minor_ticks() or all(not t.label1.get_text() for t in ax.xaxis.get_minor_ticks())
+    assert ax.get_ylim() == (0, 100) and "added past the grid's edge" in ax.get_legend_handles_labels()[1]
+    assert saved_figures["lr.png"] == []
+
+
+def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict) -> None:
+    summary = pd.DataFrame(
+        {
+            "variant": ["base", "a", "b"],
+            "params_mean": [1_000_000.0, 1_000_448.0, 1_000_896.0],
+            "macs_mean": [2e6, 2e7, 2e8],
+            "test_acc_mean": [0.9, 0.8, 0.85],
+            "trained": [True, True, True],
+        }
+    )
+    kept: list[Figure] = []
+    original = figures.save
+    figures.save = lambda fig, path: kept.append(fig) or original(fig, path)
+    try:
+        figures.cost_figure(summary, figures.variant_styles(["base", "a", "b"]), tmp_path / "cost.png")
+    finally:
+        figures.save = original
+    params, macs = kept[0].axes[:2]
+    lo, hi = params.get_xlim()
+    labels = [t.get_text() for t in params.get_xticklabels() if lo <= t.get_position()[0] <= hi]
+    assert params.get_xscale() == "linear" and len(set(labels)) == len(labels) >= 2, labels
+    assert all("," in label for label in labels) and "linear scale" in params.get_xlabel()
+    assert macs.get_xscale() == "log" and params.get_ylim() == (0, 100)
+    assert saved_figures["cost.png"] == []

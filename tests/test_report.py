@@ -17,7 +17,16 @@ import pytest
 from scipy import stats
 
 from cnnablate.figures import pareto_front
-from cnnablate.report import block_verdict, depth_trend, erf_depth_table, method_notes, table_rows
+from cnnablate.report import (
+    block_verdict,
+    depth_trend,
+    erf_depth_table,
+    lead_interval,
+    method_notes,
+    retry_sentences,
+    run_state,
+    table_rows,
+)
 from cnnablate.results import collect_results, difference_interval, mean_interval, read_tuning, summarize
 from conftest import snakemake
 from study_fixture import FixtureStudy, write_study
@@ -67,14 +76,16 @@ def fixture_study(tmp_path_factory: pytest.TempPathFactory) -> FixtureStudy:
 
 
 def test_verdicts_follow_the_paired_intervals(fixture_study: FixtureStudy) -> None:
-    _, summary = _tables(fixture_study)
+    results, summary = _tables(fixture_study)
     stats_ = summary.set_index("variant")
     for block in fixture_study.study.config["ablations"]:
         members = fixture_study.study.ablation_variants(block)
-        text = " ".join(block_verdict(members, summary))
+        text = " ".join(block_verdict(members, summary, results))
         trained = [v for v in members if stats_.loc[v, "trained"]]
-        best = stats_.loc[trained, "test_acc_mean"].idxmax()
-        assert text.startswith(f"Best: {best} at {stats_.loc[best, 'test_acc_mean'] * 100:.1f}%")
+        leader, runner_up = stats_.loc[trained, "test_acc_mean"].sort_values(ascending=False).index[:2]
+        _, low, _, _ = lead_interval(results, leader, runner_up)
+        named = f"{leader} at {stats_.loc[leader, 'test_acc_mean'] * 100:.1f}% leads {runner_up}"
+        assert text.startswith(("Best: " if low > 0 else "No best named: ") + named), text
         for variant in trained:
             if variant == "base":
                 continue
@@ -85,10 +96,10 @@ def test_verdicts_follow_the_paired_intervals(fixture_study: FixtureStudy) -> No
                 assert re.search(rf"[Ww]orse than base: [^;]*{re.escape(variant)} \(−", text), (variant, text)
             else:
                 assert re.search(rf"no detectable difference with 3 seeds: [^;]*{re.escape(variant)}", text)
-    normalization = " ".join(block_verdict(fixture_study.study.ablation_variants("normalization"), summary))
+    normalization = " ".join(block_verdict(fixture_study.study.ablation_variants("normalization"), summary, results))
     assert "did not train: norm-none" in normalization and "norm-none (" not in normalization  # never a number
-    pooling = " ".join(block_verdict(fixture_study.study.ablation_variants("pooling"), summary))
-    assert "did not train in 1 of 3 seeds: pool-none" in pooling  # one of its seeds diverged
+    pooling = " ".join(block_verdict(fixture_study.study.ablation_variants("pooling"), summary, results))
+    assert "did not train in 1 of 3 seeds, 1 diverged: pool-none" in pooling  # one of its seeds diverged
 
 
 def test_table_shows_paired_next_to_welch_and_blanks_differences_of_untrained(fixture_study: FixtureStudy) -> None:
@@ -100,8 +111,13 @@ def test_table_shows_paired_next_to_welch_and_blanks_differences_of_untrained(fi
     assert rows["norm-layer"]["paired"].startswith(f"{layer['paired_diff'] * 100:+.1f}".replace("-", "−"))
     assert rows["norm-layer"]["welch"].startswith(f"{layer['diff_vs_base'] * 100:+.1f}".replace("-", "−"))
     assert rows["norm-layer"]["seeds"].count(",") == 2 and rows["norm-layer"]["lr"] == "0.1"
-    assert rows["norm-none"]["paired"] == rows["norm-none"]["welch"] == "–"
-    assert rows["norm-none"]["trained"] == "no" and rows["base"]["trained"] == "yes"
+    assert rows["norm-none"]["paired"] == rows["norm-none"]["welch"] == rows["norm-none"]["accuracy"] == "–"
+    assert rows["norm-none"]["state"] == "did not train" and rows["norm-none"]["dead"]
+    assert rows["base"]["state"] == "trained" and not rows["base"]["dead"]  # no outcome field: convergence unknown
+    low, high = layer["test_acc_ci_low"] * 100, layer["test_acc_ci_high"] * 100
+    assert rows["norm-layer"]["t_interval"] == f"[{low:.1f}, {high:.1f}]"  # 3 seeds, inside 0-100%: shown
+    wilson = stats.binomtest(round(layer["test_acc_mean"] * 500), 500).proportion_ci(0.95, method="wilson")
+    assert rows["norm-layer"]["test_set_interval"] == f"[{wilson.low * 100:.1f}, {wilson.high * 100:.1f}]"
     assert rows["base"]["steps"] == "256" and re.fullmatch(r"\d+, \d+\.\d s", rows["base"]["speed"])
     assert rows["norm-none"]["speed"] == "not reached"
 
@@ -152,8 +168,8 @@ def test_tables_agree_with_the_raw_metrics(tiny_study: Path) -> None:
         mean = float(np.mean(accuracies))
         half = stats.t.ppf(0.975, len(accuracies) - 1) * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies))
         assert summary.loc[variant, "test_acc_mean"] == pytest.approx(mean)
-        assert summary.loc[variant, "test_acc_ci_low"] == pytest.approx(mean - half, nan_ok=True)
-        assert summary.loc[variant, "test_acc_ci_high"] == pytest.approx(mean + half, nan_ok=True)
+        assert summary.loc[variant, "test_acc_ci_low"] == pytest.approx(max(0.0, mean - half), nan_ok=True)
+        assert summary.loc[variant, "test_acc_ci_high"] == pytest.approx(min(1.0, mean + half), nan_ok=True)
         params = {m["params"] for m in raw if m["variant"] == variant}
         assert summary.loc[variant, "params_mean"] == params.pop()
     base = [m["test_acc"] for m in raw if m["variant"] == "base"]
@@ -231,3 +247,117 @@ def test_snakemake_report_archive_holds_every_figure(tiny_study: Path, tmp_path:
     assert any(name.endswith("report.html") for name in names)
     assert any("summary.csv" in name for name in names)
     assert any(name.endswith("index.html") for name in names)
+
+
+def _rewrite_runs(fixture: FixtureStudy, variant: str, change) -> None:  # type: ignore[no-untyped-def]
+    """Give every run of ``variant`` the fields ``change(seed, metrics)`` returns (the new metrics.json contract)."""
+    for path in map(Path, fixture.metrics):
+        metrics = json.loads(path.read_text())
+        if metrics["variant"] == variant:
+            path.write_text(json.dumps({**metrics, **change(metrics["seed"], metrics)}))
+
+
+def _converged(train_acc: float):  # type: ignore[no-untyped-def]
+    return lambda seed, m: {"outcome": "converged", "converged": True, "train_acc": train_acc, "trained": True}
+
+
+@pytest.fixture
+def outcome_study(tmp_path: Path) -> tuple[FixtureStudy, pd.DataFrame, pd.DataFrame]:
+    """The fixture with outcomes: base and arch-local converge; arch-fc fits its training set as well as base does
+    but tests lower; pool-avg hits the step cap in 2 of 3 seeds; kernel_size-5 was retried in seed 1."""
+    fixture = write_study(tmp_path)
+    for variant in fixture.study.variants:
+        _rewrite_runs(fixture, variant, _converged(0.95))
+    _rewrite_runs(fixture, "base", _converged(0.99))
+    _rewrite_runs(fixture, "arch-fc", _converged(0.995))
+    _rewrite_runs(fixture, "arch-local", _converged(0.70))
+    _rewrite_runs(
+        fixture,
+        "pool-avg",
+        lambda seed, m: {"outcome": "converged" if seed == 0 else "not_converged", "stop_reason": "cap"},
+    )
+    _rewrite_runs(fixture, "norm-none", lambda seed, m: {"outcome": "did_not_train", "trained": False})
+
+    def retried(seed: int, metrics: dict) -> dict:
+        if seed != 1:
+            return {"tuning_val_acc": 0.82, "retried": False, "attempts": [{"lr": metrics["lr"], "val_acc": 0.81}]}
+        attempts = [{"lr": 0.3, "val_acc": 0.74, "outcome": "converged"}, {"lr": 0.1, "val_acc": 0.815}]
+        return {"tuning_val_acc": 0.82, "retried": True, "attempts": attempts, "lr": 0.1}
+
+    _rewrite_runs(fixture, "kernel_size-5", retried)
+    return fixture, *_tables(fixture)
+
+
+def test_verdicts_name_outcomes_and_a_generalisation_gap(outcome_study) -> None:  # type: ignore[no-untyped-def]
+    fixture, results, summary = outcome_study
+    stats_ = summary.set_index("variant")
+    fc_vs_conv = " ".join(block_verdict(fixture.study.ablation_variants("fc_vs_conv"), summary, results))
+    fc, base = stats_.loc["arch-fc"], stats_.loc["base"]
+    assert fc["paired_ci_high"] < 0 and fc["train_acc_mean"] >= base["train_acc_mean"] - 0.01
+    gap = f"{fc['paired_diff'] * 100:+.1f}".replace("-", "−")
+    assert f"arch-fc trained (training accuracy 99.5% against base's 99.0%) but generalises worse: {gap}" in fc_vs_conv
+    assert re.search(r"[Ww]orse than base: arch-local \(−", fc_vs_conv)  # it did not fit its training set either
+    pooling = " ".join(block_verdict(fixture.study.ablation_variants("pooling"), summary, results))
+    assert "pool-avg (not converged within the budget: 2 of 3 runs at the cap)" in pooling
+    rows = {r["variant"]: r for r in table_rows(fixture.study.ablation_variants("pooling"), summary, results)}
+    assert rows["pool-avg"]["state"] == "not converged within the budget: 2 of 3 runs at the cap"
+    assert rows["base"]["state"] == "converged"
+    assert run_state(stats_.loc["norm-none"]) == "did not train"
+    normalization = " ".join(block_verdict(fixture.study.ablation_variants("normalization"), summary, results))
+    assert "did not train: norm-none" in normalization and "norm-none (" not in normalization
+    notes = " ".join(method_notes(results, read_tuning(fixture.tuning)))
+    assert "90% of ln C" in notes and "Generalises worse" in notes
+
+
+def test_retries_and_tuning_against_final_are_reported(outcome_study) -> None:  # type: ignore[no-untyped-def]
+    fixture, results, summary = outcome_study
+    members = fixture.study.ablation_variants("kernel_size")
+    (sentence,) = retry_sentences(members, results)
+    assert sentence.startswith(
+        "kernel_size-5, seed 1: retried at lr 0.1 after the run at lr 0.3 ended 8.0 points below its tuning run"
+    )
+    rows = {r["variant"]: r for r in table_rows(members, summary, results)}
+    final = summary.set_index("variant").loc["kernel_size-5", "val_acc_mean"] * 100
+    assert rows["kernel_size-5"]["tuning"] == f"82.0 → {final:.1f}"
+    assert rows["kernel_size-5"]["lr"].endswith("(1 retried)") and rows["base"]["tuning"] == "–"
+
+
+def _runs(accuracies: dict[str, list[float]], **fields: object) -> pd.DataFrame:
+    """A results table by hand: one row per (variant, seed) with the given test accuracies."""
+    from cnnablate.config import model_axes
+
+    rows = [
+        {"variant": v, "seed": seed, "test_acc": a, "ablations": "block", "diverged": False, "trained": True}
+        | dict.fromkeys(model_axes())
+        | fields
+        for v, values in accuracies.items()
+        for seed, a in enumerate(values)
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_a_tie_at_the_ceiling_is_named_and_best_needs_an_interval() -> None:
+    ceiling = _runs({"base": [1.0], "norm-group": [1.0], "norm-instance": [1.0], "norm-nf": [1.0], "x": [0.9]})
+    text = " ".join(block_verdict(list(dict.fromkeys(ceiling["variant"])), summarize(ceiling), ceiling))
+    assert text.startswith("base, norm-group, norm-instance, norm-nf all at 100.0%: this dataset cannot separate them")
+    assert "Best" not in text
+    clear = _runs({"base": [0.90, 0.91, 0.92], "a": [0.80, 0.815, 0.82]})
+    assert block_verdict(["base", "a"], summarize(clear), clear)[0].startswith("Best: base at 91.0% leads a (81.2%)")
+    close = _runs({"base": [0.90, 0.93, 0.91], "a": [0.91, 0.91, 0.915]})
+    sentence = block_verdict(["base", "a"], summarize(close), close)[0]
+    assert sentence.startswith("No best named: base at 91.3% leads a (91.2%)") and "includes zero" in sentence
+    one_seed = _runs({"base": [0.9], "a": [0.8]})
+    assert "one seed gives no interval" in block_verdict(["base", "a"], summarize(one_seed), one_seed)[0]
+
+
+def test_intervals_stay_in_bounds_and_two_seeds_are_called_uninformative() -> None:
+    runs = _runs({"base": [0.95, 0.85], "a": [0.606, 0.10]}, test_images=1000)
+    summary = summarize(runs).set_index("variant")
+    row = summary.loc["a"]
+    assert 0 <= row["test_acc_ci_low"] < row["test_acc_ci_high"] <= 1 and not row["test_acc_t_informative"]
+    assert (row["paired_ci_low"], row["paired_ci_high"]) == (-1.0, 1.0)  # ±2.6 before the cut
+    wilson = stats.binomtest(round(row["test_acc_mean"] * 1000), 1000).proportion_ci(0.95, method="wilson")
+    assert (row["test_acc_binomial_low"], row["test_acc_binomial_high"]) == pytest.approx((wilson.low, wilson.high))
+    rows = {r["variant"]: r for r in table_rows(["base", "a"], summary.reset_index(), runs)}
+    assert rows["a"]["t_interval"] == "uninformative (2 seeds)" and rows["a"]["seeds"] == "60.6, 10.0"
+    assert rows["a"]["test_set_interval"] == f"[{wilson.low * 100:.1f}, {wilson.high * 100:.1f}]"

@@ -88,15 +88,17 @@ def test_accuracy_figure_points_are_the_runs_and_the_summary(
         np.testing.assert_allclose(np.sort(seeds[:, 1]), np.sort(expected))
         stats_by_variant = summary.set_index("variant").loc[members]
         bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
-        assert len(bars) == len(members)
+        assert len(bars) == len(members) and ax.get_ylim() == (0, 100)
         for container, (_, row) in zip(bars, stats_by_variant.iterrows(), strict=True):
             _, y = container.lines[0].get_data()
             assert y[0] == pytest.approx(row["test_acc_mean"] * 100)
+            low, high, kind = figures.accuracy_interval(row)
+            # two seeds: the t interval is uninformative, so the bar is the test set's Wilson interval
+            assert kind == figures.TEST_SET_INTERVAL and not row["test_acc_t_informative"]
             if container.has_yerr:
                 (segment,) = container.lines[2][0].get_segments()
-                assert sorted(segment[:, 1]) == pytest.approx(
-                    [row["test_acc_ci_low"] * 100, row["test_acc_ci_high"] * 100]
-                )
+                assert sorted(segment[:, 1]) == pytest.approx([low * 100, high * 100])
+                assert 0 <= low <= row["test_acc_mean"] <= high <= 1
 
 
 def test_cost_figure_points_are_the_summary(tiny_study: Path, tmp_path: Path, drawn: list[plt.Figure]) -> None:
@@ -137,13 +139,18 @@ def test_summary_intervals_are_recomputed_from_the_raw_metrics(tiny_study: Path)
     assert sorted(summary.index) == sorted({variant for variant, _ in accuracy}) and len(seeds) == 2
     for variant, row in summary.iterrows():
         values = np.array([accuracy[variant, seed] for seed in seeds])
-        half = _half_width(values)
+        half = _half_width(values)  # cut to [0, 1]: an accuracy cannot leave it
         assert row["test_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
-        assert row["test_acc_ci_low"] == pytest.approx(values.mean() - half, abs=1e-12)
-        assert row["test_acc_ci_high"] == pytest.approx(values.mean() + half, abs=1e-12)
+        assert row["test_acc_ci_low"] == pytest.approx(max(0.0, values.mean() - half), abs=1e-12)
+        assert row["test_acc_ci_high"] == pytest.approx(min(1.0, values.mean() + half), abs=1e-12)
+        images = raw[0]["test_images"]
+        wilson = stats.binomtest(round(values.mean() * images), images).proportion_ci(0.95, method="wilson")
+        assert (row["test_acc_binomial_low"], row["test_acc_binomial_high"]) == pytest.approx(
+            (wilson.low, wilson.high), abs=1e-12
+        )
         differences = values - np.array([accuracy["base", seed] for seed in seeds])
         assert row["paired_seeds"] == len(seeds)
         assert row["paired_diff"] == pytest.approx(differences.mean(), abs=1e-12)
         half = _half_width(differences)  # base against itself: no spread, the interval is the point
-        assert row["paired_ci_low"] == pytest.approx(differences.mean() - half, abs=1e-12)
-        assert row["paired_ci_high"] == pytest.approx(differences.mean() + half, abs=1e-12)
+        assert row["paired_ci_low"] == pytest.approx(max(-1.0, differences.mean() - half), abs=1e-12)
+        assert row["paired_ci_high"] == pytest.approx(min(1.0, differences.mean() + half), abs=1e-12)

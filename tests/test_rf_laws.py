@@ -137,6 +137,8 @@ def test_study_table_figures_and_verdicts(tmp_path: Path) -> None:
     }
     laws = study_rf_laws(config, runs, outputs, SMALL).set_index("law")
     assert all(Path(p).stat().st_size > 0 for p in outputs.values())
+    differs = laws[laws["verdict"] == "differs"]
+    assert not differs.empty and (differs["notes"].str.len() > 0).all()  # every "differs" says why
     uniform = laws.loc["ERF std vs depth: uniform linear stack"]
     assert abs(uniform["value"] - 0.5) < 1e-3 and uniform["verdict"] == "agrees"
     assert laws.loc["ERF std vs depth: base network, at initialisation", "value"] == pytest.approx(0.5)
@@ -146,6 +148,10 @@ def test_study_table_figures_and_verdicts(tmp_path: Path) -> None:
     trainability = pd.read_csv(outputs["trainability"]).set_index("variant")
     assert trainability.loc["base", "test_acc"] == pytest.approx(0.605)
     assert trainability.loc["residual-true", "residual"]
+    del outputs["trainability_figure"]  # a study without a depth block (rf_laws.smk leaves the figure out)
+    Path(tmp_path / "trainability.png").unlink()
+    study_rf_laws(config, runs, outputs, SMALL)
+    assert not (tmp_path / "trainability.png").exists()
 
 
 def test_receptive_fields_study_crosses_depth_residual_and_norm() -> None:

@@ -7,6 +7,7 @@ axis labels and legends get their own room.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -59,14 +60,28 @@ def _tick_name(variant: str, trained: bool, diverged: int) -> str:
     return name
 
 
+T_INTERVAL = "95% t interval over seeds"
+TEST_SET_INTERVAL = "95% test-set interval (Wilson)"
+
+
+def accuracy_interval(row: Mapping[str, Any]) -> tuple[float, float, str]:
+    """The interval to show around a variant's mean accuracy: the seed-level t interval where it is informative,
+    else the Wilson interval of the test set; NaN bounds when neither exists."""
+    if row.get("test_acc_t_informative"):
+        return row["test_acc_ci_low"], row["test_acc_ci_high"], T_INTERVAL
+    return row.get("test_acc_binomial_low", math.nan), row.get("test_acc_binomial_high", math.nan), TEST_SET_INTERVAL
+
+
 def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[str], block: str, path: Path) -> Path:
-    """Every seed's test accuracy next to the mean and its 95% interval; variants that did not train in grey."""
+    """Every seed's test accuracy next to the mean and its 95% interval (the seeds' t interval where it says
+    something, else the test set's), on the whole 0-100% range; variants that did not train in grey."""
     stats = summary.set_index("variant").loc[members]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.35 * len(members) + 1.5), 3.8), layout="constrained")
     offsets = np.linspace(-0.18, 0.18, max(1, results["seed"].nunique()))
     seeds = sorted(results["seed"].unique())
     for position, variant in enumerate(members):
-        trained = bool(stats.loc[variant, "trained"])
+        row = stats.loc[variant]
+        trained = bool(row["trained"])
         runs = results[results["variant"] == variant].set_index("seed")["test_acc"].astype(float) * 100
         ax.scatter(
             [position - 0.25 + offsets[seeds.index(seed)] * 0.5 for seed in runs.index],
@@ -75,19 +90,21 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
             color="0.35" if trained else "0.7",
             label="one seed",
             zorder=3,
+            clip_on=False,
         )
-        mean = stats.loc[variant, "test_acc_mean"] * 100
-        low, high = stats.loc[variant, "test_acc_ci_low"] * 100, stats.loc[variant, "test_acc_ci_high"] * 100
-        error = None if math.isnan(low) else [[mean - low], [high - mean]]
+        mean = row["test_acc_mean"] * 100
+        low, high, kind = accuracy_interval(row)
+        error = None if math.isnan(low) else [[mean - low * 100], [high * 100 - mean]]
         ax.errorbar(
             [position + 0.15],
             [mean],
             yerr=error,
-            fmt="D",
-            color="C3" if trained else "0.6",
+            fmt="D" if kind == T_INTERVAL else "o",
+            color=("C3" if kind == T_INTERVAL else "C0") if trained else "0.6",
             capsize=5,
             markersize=6,
-            label="mean, 95% CI" if trained else f"mean ({NOT_TRAINED})",
+            label=f"mean, {kind}" if trained else f"mean ({NOT_TRAINED})",
+            clip_on=False,
         )
     ax.set_xticks(
         range(len(members)),
@@ -95,9 +112,10 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
         fontsize=8,
     )
     ax.set_xlim(-0.6, len(members) - 0.4)
+    ax.set_ylim(0, 100)
     ax.grid(axis="x", visible=False)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{block}: test accuracy, {len(seeds)} seeds", fontsize=10)
+    ax.set_title(f"{block}: test accuracy, {len(seeds)} seeds", fontsize=10, pad=10)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), **LEGEND_BESIDE)
@@ -107,15 +125,17 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
 def lr_sensitivity_figure(
     tuning: Mapping[str, Mapping[str, Any]], members: list[str], styles: Mapping[str, Style], block: str, path: Path
 ) -> Path:
-    """Validation accuracy against learning rate (log axis), one line per variant, the chosen rate starred."""
+    """Validation accuracy against learning rate (log axis), one line per variant, the chosen rate starred, rates
+    added past the configured grid's edge hollow. The ticks are the rates tried, nothing else."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
-    chance = None
+    chance, rates = None, set()
     for variant in members:
         search = tuning.get(variant)
         if not search:
             continue
         chance = search.get("chance", chance)
-        grid = [point for point in search["grid"] if point["val_acc"] is not None]
+        rates |= {point["lr"] for point in search["grid"]}
+        grid = sorted((point for point in search["grid"] if point["val_acc"] is not None), key=lambda p: p["lr"])
         style = styles[variant]
         label = variant if search.get("trained", True) else f"{variant} ({NOT_TRAINED})"
         ax.plot(
@@ -126,7 +146,20 @@ def lr_sensitivity_figure(
             markersize=5,
             label=label,
             linestyle="-" if search.get("trained", True) else ":",
+            clip_on=False,
         )
+        extended = [p for p in grid if p.get("extended")]
+        if extended:
+            ax.scatter(
+                [p["lr"] for p in extended],
+                [p["val_acc"] * 100 for p in extended],
+                marker=style.marker,
+                s=45,
+                color="white",
+                edgecolor=style.color,
+                linewidth=1.2,
+                zorder=4,
+            )
         chosen = [p for p in grid if p["lr"] == search["chosen_lr"]]
         if chosen:
             ax.scatter(
@@ -136,7 +169,8 @@ def lr_sensitivity_figure(
                 s=160,
                 color=style.color,
                 edgecolor="black",
-                zorder=4,
+                zorder=5,
+                clip_on=False,
             )
         diverged = [p["lr"] for p in search["grid"] if p["diverged"]]
         if diverged and chance is not None:
@@ -144,12 +178,34 @@ def lr_sensitivity_figure(
     if chance is not None:
         ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label="chance (diverged: x)")
     ax.scatter([], [], marker="*", s=120, color="0.5", edgecolor="black", label="chosen learning rate")
+    if any(p.get("extended") for v in members for p in tuning.get(v, {}).get("grid", [])):
+        ax.scatter([], [], marker="o", s=45, color="white", edgecolor="0.3", label="added past the grid's edge")
     ax.set_xscale("log")
-    ax.set_xlabel("learning rate (log scale)")
+    ax.set_xlabel("learning rate (log scale; ticks: the rates tried)")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{block}: learning-rate search", fontsize=10)
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{block}: learning-rate search", fontsize=10, pad=10)
     ax.legend(**LEGEND_BESIDE)
+    if rates:
+        _ticks_at(ax, sorted(rates))
     return save(fig, path)
+
+
+def _ticks_at(ax: plt.Axes, rates: Sequence[float]) -> None:
+    """x ticks at exactly these values, labelled as written (0.05, not 5×10⁻²), no minor ticks; labels turn
+    45 degrees when side by side they would touch."""
+    ax.xaxis.set_major_locator(ticker.FixedLocator(rates))
+    ax.xaxis.set_major_formatter(ticker.FixedFormatter([f"{rate:g}" for rate in rates]))
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    if len(rates) > 1:
+        ax.set_xlim(rates[0] / 1.25, rates[-1] * 1.25)
+    ax.figure.canvas.draw()  # the final layout (legend beside, constrained) decides where the labels land
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = [label.get_window_extent(renderer) for label in ax.xaxis.get_ticklabels()]
+    if any(a.x1 + 2 > b.x0 for a, b in itertools.pairwise(boxes)):
+        ax.tick_params(axis="x", labelrotation=45)
+        for label in ax.xaxis.get_ticklabels():
+            label.set_horizontalalignment("right")
 
 
 def learning_curves_figure(
@@ -199,17 +255,25 @@ def pareto_front(cost: np.ndarray, accuracy: np.ndarray) -> np.ndarray:
     return np.asarray(front, dtype=int)
 
 
-def _log_axis(axis: Any, values: np.ndarray) -> None:
-    """Log scale with a few engineering-notation ticks (1, 2, 5 per decade on short ranges, no minor labels)."""
-    decades = math.log10(values.max() / values.min()) if values.min() > 0 else 0
-    subs = (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
-    axis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
-    axis.set_major_formatter(ticker.EngFormatter(places=0, sep=" "))
-    axis.set_minor_formatter(ticker.NullFormatter())
+def _cost_axis(ax: plt.Axes, values: np.ndarray) -> str:
+    """The x axis of a cost: logarithmic with engineering ticks (1, 2, 5 per decade on short ranges) when the
+    costs span a decade or more, else linear with the full numbers, so a range of 896 parameters around a
+    million reads as such rather than as one "1 M" repeated. Returns the scale's name for the axis label."""
+    if values.min() > 0 and values.max() / values.min() >= 10:
+        ax.set_xscale("log")
+        subs = (1.0, 2.0, 5.0) if math.log10(values.max() / values.min()) < 2 else (1.0,)
+        ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=subs))
+        ax.xaxis.set_major_formatter(ticker.EngFormatter(sep=" "))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        return "log scale"
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(4, integer=True))
+    ax.xaxis.set_major_formatter(ticker.StrMethodFormatter("{x:,.0f}"))
+    ax.margins(x=0.15)
+    return "linear scale"
 
 
 def cost_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) -> Path:
-    """Accuracy against parameters and against MACs (log axes), Pareto front of the variants that trained."""
+    """Accuracy (0-100%) against parameters and against MACs, Pareto front of the variants that trained."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained", sharey=True)
     for ax, column, label in zip(axes, ("params_mean", "macs_mean"), ("parameters", "MACs per image"), strict=True):
         data = summary.dropna(subset=[column, "test_acc_mean"])
@@ -229,12 +293,11 @@ def cost_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) 
         cost, accuracy = trained[column].to_numpy(dtype=float), trained["test_acc_mean"].to_numpy() * 100
         front = pareto_front(cost, accuracy)
         ax.step(cost[front], accuracy[front], where="post", color="C3", lw=1.5, label="Pareto front")
-        ax.set_xscale("log")
-        if len(data):
-            _log_axis(ax.xaxis, data[column].to_numpy(dtype=float))
-        ax.set_xlabel(f"{label} (log scale)")
+        scale = _cost_axis(ax, data[column].to_numpy(dtype=float)) if len(data) else "no data"
+        ax.set_xlabel(f"{label} ({scale})")
         ax.set_title(f"Accuracy against {label}", fontsize=10)
     axes[0].set_ylabel("test accuracy (%), mean over seeds")
+    axes[0].set_ylim(0, 100)
     axes[1].legend(**LEGEND_BESIDE)
     return save(fig, path)
 
@@ -368,14 +431,17 @@ def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
     data = data.set_index("arch").loc[order].reset_index()
     names, colors = [ARCH_NAMES[a] for a in order], ["C0", "C1", "C2"][: len(order)]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")
+    intervals = [accuracy_interval(row) for _, row in data.iterrows()]
     error = np.nan_to_num(
         [
-            (data["test_acc_mean"] - data["test_acc_ci_low"]) * 100,
-            (data["test_acc_ci_high"] - data["test_acc_mean"]) * 100,
+            [(mean - low) * 100 for mean, (low, _, _) in zip(data["test_acc_mean"], intervals, strict=True)],
+            [(high - mean) * 100 for mean, (_, high, _) in zip(data["test_acc_mean"], intervals, strict=True)],
         ]
     )
     axes[0].bar(names, data["test_acc_mean"] * 100, yerr=error, color=colors, capsize=6)
-    axes[0].set_ylabel("test accuracy (%), mean and 95% CI")
+    kinds = sorted({kind.removeprefix("95% ") for _, _, kind in intervals})
+    axes[0].set_ylabel(f"test accuracy (%), mean and\n95% {' or '.join(kinds)}", fontsize=9)
+    axes[0].set_ylim(0, 100)
     axes[0].set_title("Accuracy", fontsize=10)
     axes[1].bar(names, data["params_mean"], color=colors)
     axes[1].set_yscale("log")

@@ -27,14 +27,29 @@ from scipy import stats as scipy_stats
 
 from cnnablate import figures, layout
 from cnnablate.config import Study
-from cnnablate.results import collect_results, read_tuning, summarize
+from cnnablate.results import (
+    MIN_SEEDS_FOR_T,
+    collect_results,
+    difference_interval,
+    paired_difference_interval,
+    read_tuning,
+    summarize,
+)
 from cnnablate.tracking import numeric_items
 
-DID_NOT_TRAIN_RULE = "validation accuracy not above chance (one-sided binomial test, p < 0.01), or diverged"
+DID_NOT_TRAIN_RULE = (
+    "the training loss never fell below 90% of ln C (C classes; ln C is the loss of a uniform guess), or the "
+    "loss became non-finite (diverged)"
+)
+VALIDATION_RULE = "validation accuracy not above chance (one-sided binomial test, p < 0.01), or diverged"
 OLD_RUN_RULE = (
     "diverged, or test accuracy not above chance (one-sided binomial test, p < 0.01; these runs predate the "
     "validation split)"
 )
+NOT_TRAINED_TEXT = "did not train"
+NOT_CONVERGED_TEXT = "not converged within the budget"
+CEILING = 0.9995  # a mean that prints as 100.0%: nothing above it to tell variants apart
+TRAIN_ACC_TOLERANCE = 0.01  # "about base's training accuracy": within one point of it, or above
 VERSIONS = ("cnnablate", "torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake", "mlflow", "jinja2")
 
 
@@ -56,8 +71,9 @@ class Block:
 
     name: str
     sentences: list[str]
-    rows: list[dict[str, str]]
+    rows: list[dict[str, Any]]
     pictures: list[Picture] = field(default_factory=list)
+    retries: list[str] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -110,53 +126,148 @@ def _chosen_interval(row: pd.Series) -> tuple[float, float, float]:
     return row["diff_vs_base"], row["diff_ci_low"], row["diff_ci_high"]
 
 
-def block_verdict(members: Sequence[str], summary: pd.DataFrame) -> list[str]:
-    """One or two sentences: the best variant, the differences whose interval excludes zero (better or worse,
-    with their size), the rest as no detectable difference, and the variants that did not train."""
+def _accuracy_by_seed(results: pd.DataFrame, variant: str) -> dict[int, float]:
+    runs = results[results["variant"] == variant]
+    return dict(zip(runs["seed"], runs["test_acc"].astype(float), strict=True))
+
+
+def lead_interval(results: pd.DataFrame, leader: str, runner_up: str) -> tuple[float, float, float, int]:
+    """The leader's lead over the runner-up in test accuracy: paired by seed when two seeds pair up, else Welch;
+    with the number of pairs."""
+    a, b = _accuracy_by_seed(results, leader), _accuracy_by_seed(results, runner_up)
+    diff, low, high, pairs = paired_difference_interval(a, b)
+    if pairs < 2:
+        diff, low, high = difference_interval(list(a.values()), list(b.values()))
+    return diff, low, high, pairs
+
+
+def _not_converged(row: pd.Series) -> int:
+    return int(row.get("not_converged_runs", 0) or 0)
+
+
+def _named(variant: str, stats: pd.DataFrame) -> str:
+    """A variant's name, with the runs that reached the step cap still improving, so no claim hides them."""
+    capped = _not_converged(stats.loc[variant])
+    if not capped:
+        return variant
+    return f"{variant} ({NOT_CONVERGED_TEXT}: {capped} of {stats.loc[variant, 'seeds']} runs at the cap)"
+
+
+def ranking_sentence(ranked: Sequence[str], stats: pd.DataFrame, results: pd.DataFrame) -> str:
+    """Who is best, only when the data can tell: a tie at the ceiling is named as a tie, and a leader is called
+    best only when the 95% interval of its lead over the runner-up excludes zero."""
+    leader = ranked[0]
+    accuracy = {v: _points(stats.loc[v, "test_acc_mean"]) for v in ranked}
+    if len(ranked) == 1:
+        return f"Only {_named(leader, stats)} trained: {accuracy[leader]}% mean test accuracy; nothing to rank."
+    at_ceiling = [v for v in ranked if stats.loc[v, "test_acc_mean"] >= CEILING]
+    if len(at_ceiling) >= 2:
+        names = ", ".join(_named(v, stats) for v in at_ceiling)
+        return f"{names} all at {_points(CEILING)}%: this dataset cannot separate them, so no best is named."
+    runner_up = ranked[1]
+    diff, low, high, pairs = lead_interval(results, leader, runner_up)
+    leads = f"{_named(leader, stats)} at {accuracy[leader]}% leads {runner_up} ({accuracy[runner_up]}%)"
+    if _missing(low):
+        return f"No best named: {leads} by {_signed(diff)} points; one seed gives no interval."
+    basis = f"paired over {pairs} seeds" if pairs >= 2 else "Welch"
+    interval = f"{_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}], {basis}"
+    if low > 0:
+        return f"Best: {leads} by {interval}."
+    return f"No best named: {leads} by {interval}; the interval includes zero."
+
+
+def generalises_worse(variant: str, stats: pd.DataFrame) -> bool:
+    """Trained to base's training accuracy (or higher, within ``TRAIN_ACC_TOLERANCE``) but clearly worse on the
+    test set: the gap is generalisation, not optimisation (fc on real images is the textbook case)."""
+    train, base_train = stats.loc[variant].get("train_acc_mean"), stats.loc["base"].get("train_acc_mean")
+    if _missing(train) or _missing(base_train):
+        return False
+    return train >= base_train - TRAIN_ACC_TOLERANCE and _chosen_interval(stats.loc[variant])[2] < 0
+
+
+def _dead_parts(dead: Sequence[str], stats: pd.DataFrame) -> list[str]:
+    """The variants that did not train in every seed, as states: how many seeds, how many of them diverged."""
+    parts, never = [], [v for v in dead if not stats.loc[v, "trained_runs"]]
+    if never:
+        parts.append(f"did not train: {', '.join(never)}")
+    for variant in (v for v in dead if v not in never):
+        row = stats.loc[variant]
+        untrained = row["seeds"] - row["trained_runs"]
+        diverged = f", {row['diverged']} diverged" if row["diverged"] else ""
+        parts.append(f"did not train in {untrained} of {row['seeds']} seeds{diverged}: {variant}")
+    return parts
+
+
+def block_verdict(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> list[str]:
+    """One to three sentences: who is best, only where the interval against the runner-up says so (a tie at the
+    ceiling is named as one); the differences to base whose interval excludes zero (better or worse, with their
+    size), a trained variant that generalises worse as its own case, the rest as no detectable difference; the
+    variants that did not train, as a state; runs that stopped at the step cap, wherever they are named."""
     stats = summary.set_index("variant")
     trained = [v for v in members if stats.loc[v, "trained"] and not _missing(stats.loc[v, "test_acc_mean"])]
     dead = [v for v in members if v not in trained]
     sentences = []
     if trained:
-        best = max(trained, key=lambda v: stats.loc[v, "test_acc_mean"])
-        sentences.append(f"Best: {best} at {_points(stats.loc[best, 'test_acc_mean'])}% mean test accuracy.")
+        ranked = sorted(trained, key=lambda v: -stats.loc[v, "test_acc_mean"])
+        sentences.append(ranking_sentence(ranked, stats, results))
     parts = []
     if "base" in trained:
-        better, worse, same, no_interval = [], [], [], []
+        better, worse, worse_generalising, same, no_interval = [], [], [], [], []
         for variant in trained:
             if variant == "base":
                 continue
             diff, low, high = _chosen_interval(stats.loc[variant])
-            described = f"{variant} ({_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}])"
+            interval = f"{_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}]"
+            named = _named(variant, stats)
             if _missing(low):
-                no_interval.append(variant)
+                no_interval.append(named)
             elif low > 0:
-                better.append(described)
+                better.append(f"{named} ({interval})")
+            elif high < 0 and generalises_worse(variant, stats):
+                row, base = stats.loc[variant], stats.loc["base"]
+                worse_generalising.append(
+                    f"{named} trained (training accuracy {_points(row['train_acc_mean'])}% against base's "
+                    f"{_points(base['train_acc_mean'])}%) but generalises worse: {interval} in test accuracy"
+                )
             elif high < 0:
-                worse.append(described)
+                worse.append(f"{named} ({interval})")
             else:
-                same.append(variant)
+                same.append(named)
         seeds = int(stats.loc[trained, "paired_seeds"].max())
         if better:
             parts.append(f"better than base: {', '.join(better)}")
         if worse:
             parts.append(f"worse than base: {', '.join(worse)}")
+        parts += worse_generalising
         if same:
             parts.append(f"no detectable difference with {seeds} seeds: {', '.join(same)}")
         if no_interval:
             parts.append(f"no interval with one seed: {', '.join(no_interval)}")
+        if _not_converged(stats.loc["base"]):
+            parts.append(f"base itself: {_named('base', stats).removeprefix('base (').removesuffix(')')}")
     else:
         parts.append("base did not train, so nothing is compared with it")
         dead.remove("base")
-    never = [v for v in dead if not stats.loc[v, "trained_runs"]]
-    if never:
-        parts.append(f"did not train: {', '.join(never)}")
-    for variant in (v for v in dead if v not in never):
-        untrained = stats.loc[variant, "seeds"] - stats.loc[variant, "trained_runs"]
-        parts.append(f"did not train in {untrained} of {stats.loc[variant, 'seeds']} seeds: {variant}")
+    parts += _dead_parts(dead, stats)
     if parts:
         sentence = "; ".join(parts)
         sentences.append(sentence[0].upper() + sentence[1:] + ".")
+    return sentences
+
+
+def retry_sentences(members: Sequence[str], results: pd.DataFrame) -> list[str]:
+    """Every final run that was retried at a lower learning rate, with the gap to its tuning run that caused it."""
+    if "first_attempt_lr" not in results:
+        return []
+    retried = results[results["variant"].isin(members) & results["first_attempt_lr"].notna()]
+    sentences = []
+    for run in retried.itertuples():
+        gap = (run.tuning_val_acc - run.first_attempt_val_acc) * 100
+        sentences.append(
+            f"{run.variant}, seed {run.seed}: retried at lr {run.lr:g} after the run at lr {run.first_attempt_lr:g} "
+            f"ended {gap:.1f} points below its tuning run ({_points(run.first_attempt_val_acc)}% against "
+            f"{_points(run.tuning_val_acc)}% validation accuracy); the better attempt, at lr {run.lr:g}, was kept."
+        )
     return sentences
 
 
@@ -167,28 +278,57 @@ def _speed(row: pd.Series) -> str:
     return f"{row['steps_to_target_mean']:.0f}, {row['seconds_to_target_mean']:.1f} s{reached}"
 
 
-def _state(row: pd.Series) -> str:
-    if row["trained"]:
-        return "yes"
-    if row["trained_runs"] and row["trained_runs"] < row["seeds"]:
-        return f"no ({row['seeds'] - row['trained_runs']}/{row['seeds']} seeds)"
-    return "no"
+def run_state(row: pd.Series) -> str:
+    """How a variant's runs ended, in words: did not train (a state), not converged within the budget, converged,
+    or "trained" for runs that predate the outcome field."""
+    seeds = row["seeds"]
+    if not row["trained"]:
+        untrained = seeds - row["trained_runs"]
+        diverged = f", {row['diverged']} diverged" if row["diverged"] else ""
+        return NOT_TRAINED_TEXT + ("" if untrained == seeds else f" in {untrained} of {seeds} seeds") + diverged
+    capped = _not_converged(row)
+    if capped:
+        return f"{NOT_CONVERGED_TEXT}: {capped} of {seeds} runs at the cap"
+    if row.get("converged_runs", 0) == seeds:
+        return "converged"
+    return "trained"
+
+
+def _accuracy_intervals(row: pd.Series) -> tuple[str, str]:
+    """The seeds' t interval (or why it is not shown) and the test set's Wilson interval, in points."""
+    if row["test_acc_t_informative"]:
+        seeds = f"[{_points(row['test_acc_ci_low'])}, {_points(row['test_acc_ci_high'])}]"
+    else:
+        seeds = "–" if row["seeds"] < 2 else f"uninformative ({row['seeds']} seeds)"
+    low, high = row.get("test_acc_binomial_low"), row.get("test_acc_binomial_high")
+    return seeds, "–" if _missing(low) else f"[{_points(low)}, {_points(high)}]"
+
+
+def _tuning_against_final(row: pd.Series) -> str:
+    tuning, final = row.get("tuning_val_acc_mean"), row.get("val_acc_mean")
+    if _missing(tuning):
+        return "–"
+    return f"{_points(tuning)} → {_points(final)}"
 
 
 def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> list[dict[str, str]]:
-    """The compact table of one block: accuracy with its interval and every seed, both differences to base,
-    cost, receptive fields, learning rate, steps, speed and state. No difference for a variant that did not train."""
+    """The compact table of one block: accuracy with both intervals and every seed, both differences to base,
+    cost, receptive fields, learning rate (retries marked), tuning against final validation accuracy, steps,
+    speed and how the runs ended. No difference for a variant that did not train."""
     stats = summary.set_index("variant")
     rows = []
     for variant in members:
         row = stats.loc[variant]
         seeds = results[results["variant"] == variant].sort_values("seed")
-        half = (row["test_acc_ci_high"] - row["test_acc_mean"]) if not _missing(row["test_acc_ci_high"]) else None
         compared = variant != "base" and row["trained"] and stats.loc["base", "trained"]
+        seed_interval, test_set_interval = _accuracy_intervals(row)
+        retried = int(row.get("retried_runs", 0) or 0)
         rows.append(
             {
                 "variant": variant,
-                "accuracy": _points(row["test_acc_mean"]) + ("" if half is None else f" ± {half * 100:.1f}"),
+                "accuracy": _points(row["test_acc_mean"]) if row["trained"] else "–",
+                "t_interval": seed_interval if row["trained"] else "–",
+                "test_set_interval": test_set_interval if row["trained"] else "–",
                 "seeds": ", ".join(_points(a) for a in seeds["test_acc"].astype(float)),
                 "paired": _interval(row["paired_diff"], row["paired_ci_low"], row["paired_ci_high"])
                 if compared
@@ -198,34 +338,65 @@ def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFr
                 "macs": _count(row.get("macs_mean")),
                 "trf": _number(row.get("trf_size_mean"), ".0f"),
                 "erf": _number(row.get("erf_std_trained_mean"), ".1f"),
-                "lr": _number(row.get("lr_mean")),
+                "lr": _number(row.get("lr_mean")) + (f" ({retried} retried)" if retried else ""),
+                "tuning": _tuning_against_final(row),
                 "steps": _number(row.get("steps_mean"), ".0f"),
                 "speed": _speed(row),
-                "trained": _state(row),
+                "state": run_state(row),
+                "dead": not row["trained"],
             }
         )
     return rows
 
 
 def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """How the table's intervals, the did-not-train state and the training speed are computed."""
+    """How the table's intervals, the ranking, the run outcomes and the training speed are computed."""
     seeds = results["seed"].nunique()
     rule = next((s["rule"] for s in searches.values() if s.get("rule")), None)
-    has_rule = results["trained"].notna().any() and "lr" in results and results["lr"].notna().any()
+    has_outcome = "outcome" in results and results["outcome"].isin(["converged", "not_converged"]).any()
+    has_validation = results["trained"].notna().any() and "lr" in results and results["lr"].notna().any()
+    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
     notes = [
-        "Accuracy: mean test accuracy over seeds ± the half-width of its 95% Student-t interval (n − 1 degrees of "
-        "freedom); the seeds column lists every seed's accuracy.",
+        "Accuracy: mean test accuracy over seeds; the seeds column lists every seed's accuracy.",
+        "Seeds' t interval: the 95% Student-t interval of that mean (n − 1 degrees of freedom), which covers "
+        f"seed-to-seed variation. It is shown from {MIN_SEEDS_FOR_T} seeds on and only when it stays inside "
+        "0–100%; otherwise it is marked uninformative (with 2 seeds it spans ±12.7 standard errors, wider than the "
+        "scale) and the seeds themselves are the evidence.",
+        "Test-set interval: the 95% Wilson score interval of the mean accuracy on the "
+        + (f"{images:.0f} " if not _missing(images) else "")
+        + "test images, each image counted once (every seed is scored on the same images, so pooling seeds x "
+        "images would overstate the evidence): how far the finite test set can mislead, not how much another seed "
+        "would move. It always stays inside 0–100%; the accuracy figures show it where the t interval is "
+        "uninformative.",
         "Δ vs base, paired (percentage points): the mean of the per-seed differences (variant minus base trained "
         "with the same seed, which fixes the data order and the augmentation stream), with a 95% t interval over "
-        "those differences. "
+        "those differences, cut to ±100 points. "
         "The verdicts use this interval: a difference is called better or worse only when it excludes zero.",
         "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), shown for "
         "comparison; it ignores the pairing and is wider when seed-to-seed noise is shared.",
-        f"Did not train: {DID_NOT_TRAIN_RULE if has_rule else OLD_RUN_RULE}. Such variants are never ranked and get "
-        "no difference to base.",
+        "A best variant is named only when the 95% interval of the leader's lead over the runner-up (paired by "
+        f"seed, else Welch) excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: "
+        "the dataset cannot separate them.",
+        f"Generalises worse: a trained variant whose training accuracy is within {TRAIN_ACC_TOLERANCE * 100:.0f} "
+        "point of base's (or higher) while its paired interval of test accuracy lies below zero.",
     ]
+    if has_outcome:
+        notes.append(
+            f"Outcome: converged = stopped because validation accuracy, validation loss and training loss all "
+            f"stopped improving; {NOT_CONVERGED_TEXT} = reached train.max_steps while still improving (its accuracy "
+            f"is a lower bound; every verdict naming it says so); {NOT_TRAINED_TEXT}: {DID_NOT_TRAIN_RULE}. A "
+            "retried run ended more than 5 validation points below its tuning run and was run once more at the next "
+            "lower learning rate; the attempt with the better validation accuracy was kept."
+        )
+    rule_text = DID_NOT_TRAIN_RULE if has_outcome else VALIDATION_RULE if has_validation else OLD_RUN_RULE
+    notes.append(f"Did not train: {rule_text}. Such variants are a state: never ranked, no difference to base.")
     if rule:
         notes.append(f"Learning rate, per variant (from its tuning file): {rule}.")
+    if "tuning_val_acc" in results and results["tuning_val_acc"].notna().any():
+        notes.append(
+            "Tuning → final: validation accuracy of the variant's tuning run at the learning rate finally used, "
+            "beside the final runs' (mean over seeds)."
+        )
     if "speed_target" in results.attrs and not _missing(results.attrs["speed_target"]):
         notes.append(
             f"Speed to target: optimiser steps and seconds until the validation accuracy first reached "
@@ -274,7 +445,8 @@ def lr_caption(members: Sequence[str], searches: Mapping[str, Mapping[str, Any]]
         if s["chosen_lr"] in (min(p["lr"] for p in s["grid"]), max(p["lr"] for p in s["grid"]))
     ]
     text = (
-        "Validation accuracy against learning rate (log axis), chosen rate starred: "
+        "Validation accuracy against learning rate (log axis, ticks at the rates tried; hollow: added past the "
+        "configured grid's edge), chosen rate starred: "
         + ", ".join(f"{v} {s['chosen_lr']:g}" for v, s in chosen.items())
         + "."
     )
@@ -390,7 +562,11 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block
     members, directory = data.study.ablation_variants(name), data.figures_dir
     accuracy = figures.accuracy_figure(data.results, data.summary, members, name, directory / f"accuracy_{name}.png")
     pictures = [
-        Picture.of(accuracy, f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval.")
+        Picture.of(
+            accuracy,
+            f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval: the seeds' t interval "
+            "where it is informative, else the test set's Wilson interval (the legend says which). Axis 0–100%.",
+        )
     ]
     if any(v in data.searches for v in members):
         path = figures.lr_sensitivity_figure(data.searches, members, data.styles, name, directory / f"lr_{name}.png")
@@ -401,7 +577,13 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block
         caption += " Steps trained (mean): " + ", ".join(f"{v} {s:.0f}" for v, s in steps.items()) + "."
     curves = figures.learning_curves_figure(histories, members, data.styles, name, directory / f"curves_{name}.png")
     pictures.append(Picture.of(curves, caption))
-    return Block(name, block_verdict(members, data.summary), table_rows(members, data.summary, data.results), pictures)
+    return Block(
+        name,
+        block_verdict(members, data.summary, data.results),
+        table_rows(members, data.summary, data.results),
+        pictures,
+        retry_sentences(members, data.results),
+    )
 
 
 def cost_pictures(data: StudyData) -> list[Picture]:
@@ -426,8 +608,85 @@ def cost_pictures(data: StudyData) -> list[Picture]:
     return pictures
 
 
+STUDY_OUTPUT_CAPTIONS = {
+    "shift_robustness.png": "Test accuracy (left) and the share of unchanged predictions (right) when every test "
+    "image is translated, per variant, mean over seeds, band = range over seeds. Runs that did not train or give "
+    "one class to nearly every image are left out of the consistency.",
+    "shift_robustness.csv": "Accuracy and consistency at each shift (%, mean over seeds); the note says which "
+    "seeds were left out of the consistency, and why.",
+    "rf_laws.csv": "Each receptive-field law beside its paper's statement, what was measured here with its 95% "
+    "interval, and the computed verdict; every law that differs says why in one sentence.",
+    "rf_laws_measurements.csv": "Every point behind the laws: ERF std and ERF/TRF of convolution stacks by depth, "
+    "plain against residual networks at equal depth, and area ratios by depthwise kernel size, at initialisation.",
+    "depth_trainability.csv": "Test accuracy by depth, residual and normalisation (mean over seeds, 95% interval) "
+    "and ERF std before and after training per variant, with the ratio's interval.",
+    "rf_laws_depth.png": "Luo et al.'s depth law on stacks of 3x3 convolutions (uniform weights, random weights, "
+    "random weights with ReLUs): ERF std against depth with the fitted exponent, ERF/TRF against depth beside the "
+    "1/sqrt(n) reference, and plain against residual networks at equal depth, all at initialisation.",
+    "rf_laws_kernel_size.png": "RepLKNet's high-contribution area ratios and the ERF std against the depthwise "
+    "kernel size at a fixed depth, at initialisation, measured on one common frame.",
+    "depth_trainability.png": "What made depth trainable: test accuracy against blocks per stage for plain and "
+    "residual networks with and without normalisation (left; 95% interval cut to 0–100%), and every variant's "
+    "ERF std at initialisation and after training (right).",
+}
+COLUMN_LABELS = {
+    "law": "law",
+    "paper": "source",
+    "statement": "the paper states",
+    "measured": "measured here",
+    "verdict": "verdict",
+    "notes": "why it differs, or a note",
+    "alpha_init": "ERF growth exponent along depth, at initialisation",
+    "alpha_trained": "ERF growth exponent along depth, trained",
+    "erf_growth": "ERF std trained / at initialisation",
+    "majority_class_fraction": "share of test images given the commonest class",
+    "blocks_per_stage": "blocks per stage",
+    "test_acc": "test accuracy",
+    "erf_std_init": "ERF std at initialisation (px)",
+    "erf_std_trained": "ERF std trained (px)",
+    "growth": "ERF std trained / at initialisation",
+    "trained_runs": "runs that trained",
+    "erf_runs": "runs with an ERF",
+    "trf_size": "TRF (px)",
+    "erf_std": "ERF std (px)",
+    "erf_trf_ratio": "ERF size / TRF size",
+    "kernel_size": "kernel size",
+    "lr": "learning rate",
+}
+HIDDEN_COLUMNS = {"value", "low", "high"}  # the laws table's numbers, already written out in "measured here"
+
+
+def column_label(column: str) -> str:
+    """A column's name in words: its label, a shift column's shift, else the name with spaces."""
+    if column in COLUMN_LABELS:
+        return COLUMN_LABELS[column]
+    if column.startswith(("shift_acc_", "shift_consistency_")):
+        kind, pixels = column.removeprefix("shift_").rsplit("_", 1)
+        return f"{'accuracy' if kind == 'acc' else 'unchanged predictions'}, shift {pixels.removesuffix('px')} px"
+    return column.replace("_", " ")
+
+
+def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table for the page: X, X_low and X_high become one "label [95% interval]" column, names become labels."""
+    frame = frame.drop(columns=[c for c in HIDDEN_COLUMNS if c in frame])
+    out = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        if column.endswith(("_low", "_high")) and column.rsplit("_", 1)[0] in frame:
+            continue
+        low, high = f"{column}_low", f"{column}_high"
+        if low in frame and high in frame:
+            out[f"{column_label(column)} [95% interval]"] = [
+                "–" if _missing(v) else f"{v:.4g}" + ("" if _missing(a) else f" [{a:.4g}, {b:.4g}]")
+                for v, a, b in zip(frame[column], frame[low], frame[high], strict=True)
+            ]
+        else:
+            out[column_label(column)] = frame[column]
+    return out
+
+
 def analysis_sections(data: StudyData, analyses: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """Per registered analysis: the mean over seeds of its numbers, and its study-level figures and tables."""
+    """Per registered analysis: the mean over seeds of its numbers, and its study-level figures and tables, each
+    with a caption in words and labelled columns."""
     sections = []
     for name, outputs in analyses.items():
         keys = numeric_items(_first_analysis(data.runs, name), "") if name != "measures" else {}
@@ -436,12 +695,27 @@ def analysis_sections(data: StudyData, analyses: Mapping[str, Sequence[str]]) ->
         sections.append(
             {
                 "name": name,
-                "means": _table(means) if columns else None,
-                "pictures": [Picture.of(Path(p), f"{name}: {Path(p).stem}") for p in outputs if p.endswith(".png")],
-                "tables": [_table(pd.read_csv(p)) for p in outputs if p.endswith(".csv")],
+                "means": _table(labelled(means)) if columns else None,
+                "pictures": [Picture.of(Path(p), _output_caption(name, p)) for p in outputs if p.endswith(".png")],
+                "tables": [
+                    {"caption": _output_caption(name, p), "table": _table(labelled(pd.read_csv(p)))}
+                    for p in outputs
+                    if p.endswith(".csv")
+                ],
             }
         )
     return sections
+
+
+def _output_caption(analysis: str, path: str) -> str:
+    return STUDY_OUTPUT_CAPTIONS.get(Path(path).name, f"{analysis}: {Path(path).stem.replace('_', ' ')}.")
+
+
+INTERPRET_CAPTIONS = {
+    "filters.png": "first-layer filters as RGB images, each scaled to its own range",
+    "feature_maps.png": "one test image and the first channels of the feature map closing each stage",
+    "attributions.png": "test images with their saliency (|input gradient|) and Grad-CAM of the last spatial stage",
+}
 
 
 def learned_sections(interpret: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -450,7 +724,8 @@ def learned_sections(interpret: Sequence[str | Path]) -> list[dict[str, Any]]:
     for directory in map(Path, interpret):
         variant = layout.run_metrics(directory)["variant"]
         pictures = [
-            Picture.of(png, f"{variant}: {png.stem.replace('_', ' ')}") for png in sorted(directory.glob("*.png"))
+            Picture.of(png, f"{variant}: {INTERPRET_CAPTIONS.get(png.name, png.stem.replace('_', ' '))}.")
+            for png in sorted(directory.glob("*.png"))
         ]
         sections.append({"variant": variant, "pictures": pictures})
     return sections
@@ -489,6 +764,7 @@ def build_report(
         seeds=results["seed"].nunique(),
         runs=len(results),
         diverged=int(results["diverged"].astype(bool).sum()),
+        not_converged=int(summary["not_converged_runs"].sum()),
         not_trained=summary.loc[~summary["trained"], "variant"].tolist(),
         blocks=blocks,
         notes=method_notes(results, searches),

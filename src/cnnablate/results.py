@@ -38,8 +38,22 @@ RUN_FIELDS = (
     "chance",
     "train_seconds",
     "images_per_second",
+    "outcome",
+    "converged",
+    "train_acc",
+    "best_train_loss",
+    "chance_loss",
+    "tuning_val_acc",
+    "retried",
+    "test_images",
 )
-TEXT_COLUMNS = ("study", "variant", "ablations", "lr_source", "stop_reason")
+TEXT_COLUMNS = ("study", "variant", "ablations", "lr_source", "stop_reason", "outcome")
+# run outcomes (metrics.json "outcome"): the first two trained, the last two are states, never numbers to rank
+CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED = "converged", "not_converged", "did_not_train", "diverged"
+ACCURACY_BOUNDS = (0.0, 1.0)
+DIFFERENCE_BOUNDS = (-1.0, 1.0)
+# a seed-level t interval is shown from this many seeds on (t(0.975, 1) = 12.7: two seeds bound nothing)
+MIN_SEEDS_FOR_T = 3
 
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,6 +108,23 @@ def run_trained(metrics: Mapping[str, Any]) -> bool:
     )
 
 
+def run_outcome(metrics: Mapping[str, Any], trained: bool) -> str | None:
+    """The run's outcome; for runs that predate the field, the states their flags tell (a trained run's
+    convergence is then unknown: None)."""
+    if metrics.get("outcome"):
+        return str(metrics["outcome"])
+    if metrics.get("diverged"):
+        return DIVERGED
+    return None if trained else DID_NOT_TRAIN
+
+
+def _first_attempt(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The learning rate and validation accuracy of a retried run's first attempt (None when not retried)."""
+    attempts = metrics.get("attempts") or []
+    first = attempts[0] if metrics.get("retried") and len(attempts) > 1 else {}
+    return {"first_attempt_lr": first.get("lr"), "first_attempt_val_acc": first.get("val_acc")}
+
+
 def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
     """One row per run (the declared metrics.json files): axes, seed, accuracy, learning rate, steps, cost,
     receptive fields, training speed and every analysis."""
@@ -114,6 +145,8 @@ def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses:
         row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
         row.update({key: metrics.get(key) for key in RUN_FIELDS})
         row["trained"] = run_trained(metrics)
+        row["outcome"] = run_outcome(metrics, row["trained"])
+        row.update(_first_attempt(metrics))
         measures = layout.run_file(run, layout.MEASURES)
         if measures.exists():
             row.update(_measure_columns(json.loads(measures.read_text())))
@@ -158,8 +191,13 @@ def _finite(values: Iterable[float | None]) -> np.ndarray:
     return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
 
 
-def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval; the interval is NaN with fewer than two values."""
+def mean_interval(
+    values: Iterable[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None
+) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval; the interval is NaN with fewer than two values.
+
+    ``bounds``: the range the quantity can take (an accuracy lies in [0, 1]); the interval is cut to it, since
+    a t interval on few seeds can leave it and a value outside is impossible, not uncertain."""
     data = _finite(values)
     if data.size == 0:
         return math.nan, math.nan, math.nan
@@ -167,11 +205,42 @@ def mean_interval(values: Iterable[float], confidence: float = 0.95) -> tuple[fl
     if data.size < 2:
         return mean, math.nan, math.nan
     half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, mean - half, mean + half
+    return mean, *_within(mean - half, mean + half, bounds)
+
+
+def _within(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
+    return (low, high) if bounds is None else (max(low, bounds[0]), min(high, bounds[1]))
+
+
+def t_interval_informative(values: Iterable[float], confidence: float = 0.95) -> bool:
+    """Whether the seed-level t interval of an accuracy says something: at least ``MIN_SEEDS_FOR_T`` seeds and
+    an interval that stays inside [0, 1] before it is cut (one that leaves it is wider than the data allow)."""
+    data = _finite(values)
+    if data.size < MIN_SEEDS_FOR_T:
+        return False
+    _, low, high = mean_interval(data, confidence)
+    return ACCURACY_BOUNDS[0] <= low and high <= ACCURACY_BOUNDS[1]
+
+
+def binomial_interval(accuracy: float, images: float | None, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured on ``images`` test images (NaN without the count).
+
+    For a mean over seeds the count is the distinct test images, not seeds x images: every seed is scored on
+    the same images, so their errors are not independent, and counting each image once keeps the interval
+    conservative. It measures how far the finite test set can mislead, not how much another seed would move."""
+    if _missing_number(accuracy) or _missing_number(images) or not images:
+        return math.nan, math.nan
+    interval = stats.binomtest(round(accuracy * images), int(images)).proportion_ci(confidence, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def _missing_number(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def difference_interval(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Difference of means a - b with a Welch t interval (unequal variances); NaN interval if n < 2."""
+    """Difference of accuracies' means a - b with a Welch t interval (unequal variances), cut to [-1, 1];
+    NaN interval if n < 2."""
     x, y = _finite(a), _finite(b)
     if x.size == 0 or y.size == 0:
         return math.nan, math.nan, math.nan
@@ -184,13 +253,14 @@ def difference_interval(a: Iterable[float], b: Iterable[float], confidence: floa
         return diff, diff, diff
     dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
     half = float(stats.t.ppf(0.5 + confidence / 2, dof) * se)
-    return diff, diff - half, diff + half
+    return diff, *_within(diff - half, diff + half, DIFFERENCE_BOUNDS)
 
 
 def paired_difference_interval(
     a: Mapping[int, float | None], b: Mapping[int, float | None], confidence: float = 0.95
 ) -> tuple[float, float, float, int]:
-    """Mean of the per-seed differences a[seed] - b[seed] with its t interval, and the number of pairs.
+    """Mean of the per-seed differences a[seed] - b[seed] of accuracies with its t interval (cut to [-1, 1]), and
+    the number of pairs.
 
     Seeds share data order and augmentation stream, so seed-to-seed noise common to both cancels."""
     pairs = [
@@ -198,26 +268,39 @@ def paired_difference_interval(
         for seed in a
         if seed in b and a[seed] is not None and b[seed] is not None and not math.isnan(a[seed] - b[seed])
     ]
-    return (*mean_interval(pairs, confidence), len(pairs))
+    return (*mean_interval(pairs, confidence, DIFFERENCE_BOUNDS), len(pairs))
+
+
+def outcome_counts(outcomes: pd.Series) -> dict[str, int]:
+    """How many of a variant's runs ended in each outcome; ``outcome_unknown``: trained runs that predate it."""
+    return {
+        f"{outcome}_runs": int((outcomes == outcome).sum())
+        for outcome in (CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED)
+    } | {"outcome_unknown_runs": int(outcomes.isna().sum())}
 
 
 def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per variant: accuracy mean and 95% CI over seeds; its difference to base, unpaired (Welch) and
-    paired by seed, each with its CI; whether it trained (every seed, and its learning-rate search); means of
-    every other number."""
+    """One row per variant: accuracy mean over seeds with its seed-level 95% t interval (cut to [0, 1]; whether it
+    is informative) and the Wilson interval of the test set; its difference to base, unpaired (Welch) and paired
+    by seed, each with its CI; whether it trained (every seed, and its learning-rate search) and how its runs
+    ended; means of every other number."""
     tuning = tuning or {}
     base = results[results["variant"] == "base"]
     base_by_seed = dict(zip(base["seed"], base["test_acc"].astype(float), strict=True))
+    no_mean = {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", "converged", "retried", *model_axes()}
     rows = []
     for variant, group in results.groupby("variant", sort=False):
         accuracy = group["test_acc"].astype(float)
-        mean, low, high = mean_interval(accuracy)
+        mean, low, high = mean_interval(accuracy, bounds=ACCURACY_BOUNDS)
+        images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+        binomial_low, binomial_high = binomial_interval(mean, images)
         diff, diff_low, diff_high = difference_interval(accuracy, base["test_acc"].astype(float))
         paired, paired_low, paired_high, pairs = paired_difference_interval(
             dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
         )
         first = group.iloc[0]
         trained = (group["trained"] if "trained" in group else ~group["diverged"].astype(bool)).astype(bool)
+        outcomes = group["outcome"] if "outcome" in group else pd.Series(None, index=group.index, dtype=object)
         rows.append(
             {
                 "variant": variant,
@@ -227,12 +310,17 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 "trained_runs": int(trained.sum()),
                 # the converged final runs are the evidence; the short tuning runs only chose the learning rate
                 "trained": bool(trained.all()),
+                **outcome_counts(outcomes),
+                "retried_runs": int(group["retried"].isin([True]).sum()) if "retried" in group else 0,
                 "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
                 "lr_source": first.get("lr_source"),
                 "test_acc_mean": mean,
                 "test_acc_ci_low": low,
                 "test_acc_ci_high": high,
+                "test_acc_t_informative": t_interval_informative(accuracy),
+                "test_acc_binomial_low": binomial_low,
+                "test_acc_binomial_high": binomial_high,
                 "diff_vs_base": diff,
                 "diff_ci_low": diff_low,
                 "diff_ci_high": diff_high,
@@ -245,7 +333,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 **{
                     f"{column}_mean": pd.to_numeric(group[column], errors="coerce").mean()
                     for column in group.columns
-                    if column not in {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", *model_axes()}
+                    if column not in no_mean
                 },
             }
         )

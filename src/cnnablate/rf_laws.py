@@ -391,15 +391,21 @@ class Law:
 
 
 def _exponent_law(name: str, statement: str, fit: PowerLaw, expected: float, tolerance: float = CLOSE_TOLERANCE) -> Law:
+    verdict = fit.verdict(expected, tolerance)
+    why = (
+        f"The fitted exponent {fit.exponent:.3f} (95% interval [{fit.low:.3f}, {fit.high:.3f}]) excludes the stated "
+        f"{expected:g} and lies {abs(fit.exponent - expected):.3f} from it, beyond the {tolerance:g} counted as close."
+    )
     return Law(
         law=name,
         paper="Luo et al. 2016",
         statement=statement,
         measured=f"alpha = {fit.describe()} over {fit.points} depths",
-        verdict=fit.verdict(expected, tolerance),
+        verdict=verdict,
         value=fit.exponent,
         low=fit.low,
         high=fit.high,
+        notes=why if verdict == "differs" else "",
     )
 
 
@@ -482,6 +488,10 @@ def laws_table(
             measured=", ".join(f"{d} blocks/stage: x{r:.3f}" for d, r in ratio.items()),
             verdict="agrees" if (ratio < 1).all() else ("mixed" if (ratio < 1).any() else "differs"),
             value=float(ratio.mean()),
+            notes=""
+            if (ratio < 1).any()
+            else f"At every depth measured the residual network's ERF std is at least the plain one's "
+            f"(ratios {ratio.min():.3f} to {ratio.max():.3f}), at initialisation.",
         )
     )
     for t in AREA_THRESHOLDS:
@@ -500,6 +510,10 @@ def laws_table(
                 ),
                 verdict="agrees" if grows else "differs",
                 value=float(last / first) if first > 0 else None,
+                notes=""
+                if grows
+                else f"The area did not grow with the kernel: {first:.4f} at the smallest kernel against {last:.4f} "
+                f"at the largest, rank correlation {rho:.2f}.",
             )
         )
     base = training[training["variant"] == "base"]
@@ -624,7 +638,8 @@ def study_rf_laws(
     outputs: Mapping[str, str | Path],
     settings: LawSettings | None = None,
 ) -> pd.DataFrame:
-    """The study-level analysis: laws table and its data, three figures (paths in ``outputs``)."""
+    """The study-level analysis: laws table and its data, and figures (paths in ``outputs``); the trainability
+    figure only when ``outputs`` names it (workflow/rules/rf_laws.smk does so for a study with a depth block)."""
     settings = settings or LawSettings()
     base = dict(config["base"])
     runs = StudyRuns.read(run_dirs, base)
@@ -649,5 +664,6 @@ def study_rf_laws(
     )
     depth_figure(stacks, residual, outputs["depth_figure"])
     kernel_figure(kernels, outputs["kernel_figure"])
-    trainability_figure(trainability, training, outputs["trainability_figure"])
+    if "trainability_figure" in outputs:  # only a study with a depth block asks what made depth trainable
+        trainability_figure(trainability, training, outputs["trainability_figure"])
     return laws

@@ -1,6 +1,24 @@
 # Receptive-field laws (Luo et al. 2016, RepLKNet 2022): per run, the ERF's growth exponent along the
 # network's depth (RUN/rf_laws.json, written by the measure job, which has the numbers at hand); per study,
-# every law measured beside the paper's statement (cnnablate.rf_laws).
+# every law measured beside the paper's statement (cnnablate.rf_laws). "What made depth trainable" is drawn only
+# for a study with a depth block (an ablation block over blocks_per_stage).
+
+DEPTH_BLOCK = any(
+    "blocks_per_stage" in axes for axes in config.get("ablations", {}).values()
+)
+TRAINABILITY_FIGURE = f"{RESULTS}/figures/depth_trainability.png"
+TRAINABILITY_OUTPUTS = (
+    {
+        "trainability_figure": report(
+            TRAINABILITY_FIGURE,
+            caption="../report/depth_trainability.rst",
+            category="Analyses",
+            subcategory="Receptive-field laws",
+        )
+    }
+    if DEPTH_BLOCK
+    else {}
+)
 
 
 rule rf_laws_study:
@@ -8,6 +26,7 @@ rule rf_laws_study:
         metrics=expand_runs(f"{RUN}/metrics.json"),
         measures=expand_runs(f"{RUN}/measures.json"),
     output:
+        **TRAINABILITY_OUTPUTS,
         laws=report(
             f"{RESULTS}/tables/rf_laws.csv",
             caption="../report/rf_laws.rst",
@@ -38,12 +57,6 @@ rule rf_laws_study:
             category="Analyses",
             subcategory="Receptive-field laws",
         ),
-        trainability_figure=report(
-            f"{RESULTS}/figures/depth_trainability.png",
-            caption="../report/depth_trainability.rst",
-            category="Analyses",
-            subcategory="Receptive-field laws",
-        ),
     log:
         f"{LOGS}/rf_laws_study.log",
     benchmark:
@@ -66,6 +79,6 @@ register_analysis(
         f"{RESULTS}/tables/depth_trainability.csv",
         f"{RESULTS}/figures/rf_laws_depth.png",
         f"{RESULTS}/figures/rf_laws_kernel_size.png",
-        f"{RESULTS}/figures/depth_trainability.png",
+        *([TRAINABILITY_FIGURE] if DEPTH_BLOCK else []),
     ],
 )
