@@ -34,7 +34,7 @@ def test_gpu_check_runs_its_phases_and_prints_the_numbers_in_its_reduced_cpu_mod
     summary = result.stdout.split("== summary", 1)[1]
     assert re.search(r"tests passed: \d+/\d+ \(pytest -m gpu; \d+ skipped\)", summary), summary
     assert re.search(r"throughput \(eager, cpu\): a/b \d\.\d{3}, a/c \d+\.\d{3}, .* rate \d+\.\d%", summary), summary
-    assert re.search(r"study wall: \d+ s, 5 jobs", summary), summary  # data, MLflow, train, shift, measure
+    assert re.search(r"study wall: \d+ s, 4 jobs", summary), summary  # data, train, shift, measure
     assert "GPU busy fraction: n/a (no job ran on a GPU)" in summary
     assert re.search(r"fixed cost per job \(median s\): train \d+\.\d\d \(imports \d+\.\d\d", summary), summary
     assert re.search(r"shift \d+\.\d\d \(imports and exit", summary) and re.search(r"measure \d+\.\d\d", summary)

@@ -53,7 +53,7 @@ CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED = "converged", "not_converged"
 ACCURACY_BOUNDS = (0.0, 1.0)
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
 # a seed-level t interval is shown from this many seeds on (t(0.975, 1) = 12.7: two seeds bound nothing)
-MIN_SEEDS_FOR_T = 3
+MIN_SEEDS_FOR_T = 4
 
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
