@@ -83,31 +83,52 @@ def _section_properties(section: str) -> dict[str, Any]:
     return schema["properties"][section]["properties"]
 
 
+def _neutral(section: str) -> dict[str, Any]:
+    """The keys of a section that carry a ``neutral`` value, with that value."""
+    return {key: s["neutral"] for key, s in _section_properties(section).items() if "neutral" in s}
+
+
+def _without_neutral(section: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    neutral = _neutral(section)
+    return {key: item for key, item in value.items() if key not in neutral or item != neutral[key]}
+
+
 def job_param(section: str, value: Mapping[str, Any]) -> str:
     """A section's values as a job's params: canonical JSON without the keys at their ``neutral`` value.
 
     Snakemake reruns a job whose params changed; a key added with a neutral value therefore reruns nothing, while
     a key set to anything else (in the config or by a changed default) reruns exactly the jobs whose value moved.
     """
-    properties = _section_properties(section)
-    return canonical(
-        {
-            key: item
-            for key, item in value.items()
-            if "neutral" not in properties.get(key, {}) or item != properties[key]["neutral"]
-        }
-    )
+    return canonical(_without_neutral(section, value))
 
 
 def restore_job_params(params: Any, **sections: str) -> None:
     """Put the neutral keys that :func:`job_param` left out back into a job's params, so the job sees every key.
 
-    ``sections`` maps a param name to its config section, e.g. ``recipe="train"``: a rule's script calls this
-    before handing ``snakemake`` on (``restore_job_params(snakemake.params, spec="model", recipe="train")``).
+    ``sections`` maps a param name to its config section, e.g. ``recipe="train"``: the job function calls this
+    before it reads them (``restore_job_params(smk.params, spec="model", recipe="train")``).
     """
     for name, section in sections.items():
-        neutral = {key: s["neutral"] for key, s in _section_properties(section).items() if "neutral" in s}
-        setattr(params, name, canonical({**neutral, **json.loads(getattr(params, name))}))
+        setattr(params, name, canonical({**_neutral(section), **json.loads(getattr(params, name))}))
+
+
+# sections of a whole study config whose neutral keys study_param leaves out: the config key -> its schema section
+STUDY_SECTIONS = {"base": "model", "train": "train", "tune": "tune"}
+
+
+def study_param(config: Mapping[str, Any]) -> str:
+    """The whole study config as one job param (report, MLflow sync), neutral keys left out as in :func:`job_param`:
+    adding a neutral axis reruns not even the study-level jobs."""
+    lean = {key: _without_neutral(section, config[key]) for key, section in STUDY_SECTIONS.items()}
+    return canonical({**config, **lean})
+
+
+def restore_study_param(text: str) -> dict[str, Any]:
+    """The config :func:`study_param` encoded, neutral keys put back."""
+    config = json.loads(text)
+    for key, section in STUDY_SECTIONS.items():
+        config[key] = {**_neutral(section), **config[key]}
+    return config
 
 
 def _with_defaults(validator_class: type) -> type:

@@ -267,11 +267,11 @@ def interpret(smk: Any) -> None:
 
 @workflow_job("cnnablate.report")
 def report(smk: Any) -> None:
-    from cnnablate.config import Study
+    from cnnablate.config import Study, restore_study_param
     from cnnablate.report import build_report
 
     build_report(
-        Study.from_config(json.loads(smk.params.config)),
+        Study.from_config(restore_study_param(smk.params.config)),
         metrics=list(smk.input.metrics),
         tuning=list(smk.input.tuning),
         interpret=list(smk.input.interpret),
@@ -286,14 +286,17 @@ def report(smk: Any) -> None:
 @workflow_job("cnnablate.rf_laws")
 def rf_laws_study(smk: Any) -> None:
     set_torch_threads(smk.threads)
+    from cnnablate.config import restore_job_params
     from cnnablate.rf_laws import study_rf_laws
 
+    restore_job_params(smk.params, base="model")
     config = {"base": json.loads(smk.params.base), "data": json.loads(smk.params.data)}
     study_rf_laws(config, [Path(path).parent for path in smk.input.metrics], dict(smk.output.items()))
 
 
 @workflow_job("cnnablate.tracking", "mlflow.tracking")
 def mlflow_sync(smk: Any) -> None:
+    from cnnablate.config import restore_study_param
     from cnnablate.tracking import finish_study, read_setup, sync_analyses
 
     setup = read_setup(smk.input.tracking)
@@ -304,7 +307,7 @@ def mlflow_sync(smk: Any) -> None:
     synced = sync_analyses(setup, runs, json.loads(smk.params.analyses), json.loads(smk.params.ablations))
     finish_study(
         setup,
-        config=json.loads(smk.params.config),
+        config=restore_study_param(smk.params.config),
         summary_csv=smk.input.summary,
         artifacts=[smk.input.summary, smk.input.results, smk.input.html],
     )

@@ -3,7 +3,14 @@ import os
 import sys
 
 from cnnablate import layout
-from cnnablate.config import ConfigError, Study, canonical, job_param, validate_config
+from cnnablate.config import (
+    ConfigError,
+    Study,
+    canonical,
+    job_param,
+    study_param,
+    validate_config,
+)
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")

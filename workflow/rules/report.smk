@@ -22,7 +22,7 @@ rule mlflow_sync:
     params:
         analyses=lambda w: canonical(list(ANALYSES)),
         ablations=ablation_tags,
-        config=canonical(config),
+        config=study_param(config),
     script:
         "../scripts/mlflow_sync.py"
 
@@ -93,6 +93,6 @@ rule report:
         analyses=lambda w: canonical(
             {name: a["study_outputs"] for name, a in ANALYSES.items()}
         ),
-        config=canonical(config),
+        config=study_param(config),
     script:
         "../scripts/report.py"

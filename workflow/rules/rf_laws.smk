@@ -65,7 +65,7 @@ rule rf_laws_study:
         ENV
     threads: 1
     params:
-        base=canonical(config["base"]),
+        base=job_param("model", config["base"]),
         data=canonical(config["data"]),
     script:
         "../scripts/rf_laws_study.py"
