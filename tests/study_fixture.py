@@ -1,8 +1,7 @@
 """A finished demo-sized study written straight to disk, file by file as the workflow writes it.
 
-The files follow the fair-ablation interface: metrics.json with lr, steps, trained, val_acc...; history.csv
-with step, val_acc, elapsed_seconds; results/<study>/tuning/<variant>.json. ``interface=False`` writes the
-older files instead (no validation numbers, per-epoch test columns, no tuning), for the fallbacks.
+The files are those the jobs write: metrics.json with lr, steps, outcome, trained, val_acc, attempts...;
+history.csv with step, val_acc, elapsed_seconds; results/<study>/tuning/<variant>.json.
 The numbers are made up but deterministic: a per-seed offset shared by every variant (the same data order),
 one variant that does not train (a constant predictor at chance), one whose ERF/TRF ratio grows with depth.
 """
@@ -157,22 +156,21 @@ def _measures(spec: dict, accuracy: float, seed: int) -> dict:
     }
 
 
-def _history(final: float, seed: int, interface: bool, diverged: bool) -> pd.DataFrame:
+def _history(final: float, seed: int, diverged: bool) -> pd.DataFrame:
     epochs = np.arange(1, 9)
     accuracy = 0.1 + (final - 0.1) * (1 - np.exp(-epochs / (2.0 + 0.3 * seed)))
-    frame = pd.DataFrame({"epoch": epochs, "train_loss": 2.3 * (1 - accuracy), "train_acc": accuracy + 0.02})
-    if interface:
-        frame.insert(1, "step", epochs * STEPS_PER_EPOCH)
-        frame["val_loss"], frame["val_acc"] = 2.3 * (1 - accuracy), accuracy
-    else:
-        frame["test_loss"], frame["test_acc"] = 2.3 * (1 - accuracy), accuracy
+    frame = pd.DataFrame(
+        {"epoch": epochs, "step": epochs * STEPS_PER_EPOCH, "train_loss": 2.3 * (1 - accuracy), "train_acc": accuracy}
+    )
+    frame["train_acc"] += 0.02
+    frame["val_loss"], frame["val_acc"] = 2.3 * (1 - accuracy), accuracy
     frame["lr"] = 0.1
-    frame["epoch_seconds"] = 1.5 + 0.1 * seed
+    frame["segment_seconds"] = 1.5 + 0.1 * seed
     frame["images_per_second"] = 2000.0
-    if interface:
-        frame["elapsed_seconds"] = frame["epoch_seconds"].cumsum()
+    frame["eval_seconds"] = 0.1
+    frame["elapsed_seconds"] = frame["segment_seconds"].cumsum()
     if diverged:
-        frame.loc[frame.index[3:], ["train_loss", "val_loss" if interface else "test_loss"]] = np.nan
+        frame.loc[frame.index[3:], ["train_loss", "val_loss"]] = np.nan
     return frame
 
 
@@ -183,27 +181,41 @@ def _tuning(variant: str, accuracy: float, chosen: float) -> dict:
         diverged = lr >= 1.0 and variant != "norm-none"
         value = None if diverged else max(0.1, accuracy - 0.12 * distance)
         grid.append(
-            {"lr": lr, "val_acc": value, "val_curve": [] if value is None else [0.1, value], "diverged": diverged}
+            {
+                "lr": lr,
+                "val_acc": value,
+                "val_loss": None if value is None else 2.3 * (1 - value),
+                "val_curve": [] if value is None else [0.1, value],
+                "diverged": diverged,
+                "trained": not diverged and variant != "norm-none",
+                "steps": 64,
+                "stop_reason": "diverged" if diverged else "cap",
+                "extended": False,
+            }
         )
     trained = variant != "norm-none"
     return {
+        "study": "fixture",
         "variant": variant,
         "metric": "val_acc",
         "chosen_lr": chosen,
         "trained": trained,
         "chance": 0.1,
         "grid": grid,
-        "rule": "highest validation accuracy after tune.epochs; did not train: not above chance "
-        "by a one-sided binomial test at p<0.01, or diverged",
+        "rule": "highest final validation accuracy; did not train: training loss above 90% of ln C at every rate",
     }
 
 
-def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
+def write_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
     """Every file the report rule reads, for the demo's variants; returns the study and the declared inputs."""
-    config = validate_config({**DEMO_CONFIG, "seeds": list(seeds)})
-    if interface:
-        config["analysis"]["speed_fraction"] = 0.9
-        config["tune"] = {"enabled": True, "lrs": LRS, "max_steps": 64, "train_subset": 0.5}
+    config = validate_config(
+        {
+            **DEMO_CONFIG,
+            "seeds": list(seeds),
+            "tune": {"enabled": True, "lrs": LRS, "max_steps": 64, "train_subset": 0.5},
+            "analysis": {**DEMO_CONFIG["analysis"], "speed_fraction": 0.9},
+        }
+    )
     study = Study.from_config(config)
     fixture = FixtureStudy(study, root)
     results = fixture.results
@@ -211,11 +223,12 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
         mean = ACCURACY[variant_id]
         dead = variant_id == "norm-none"
         chosen = [0.03, 0.1, 0.3][index % 3]
-        if interface:
-            path = root / layout.tuning_file(results, variant_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(_tuning(variant_id, mean, chosen)))
-            fixture.tuning.append(str(path))
+        path = root / layout.tuning_file(results, variant_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tuning = _tuning(variant_id, mean, chosen)
+        path.write_text(json.dumps(tuning))
+        fixture.tuning.append(str(path))
+        tuned = next(point["val_acc"] for point in tuning["grid"] if point["lr"] == chosen)
         for seed in seeds:
             run = root / layout.run_dir(results, variant_id, seed)
             run.mkdir(parents=True, exist_ok=True)
@@ -239,26 +252,39 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
                 "git_commit": "0123abc",
                 "versions": {"torch": "2.13.0"},
             }
-            if interface:
-                metrics.update(
-                    {
-                        "lr": chosen,
-                        "lr_source": "tuned",
-                        "val_acc": None if diverged else accuracy,
-                        "val_loss": None,
-                        "best_val_acc": accuracy,
-                        "steps": 8 * STEPS_PER_EPOCH,
-                        "stop_reason": "diverged" if diverged else "plateau",
-                        "trained": not (dead or diverged),
-                        "chance": 0.1,
-                        "validation_images": 200,
-                    }
-                )
+            outcome = "diverged" if diverged else "did_not_train" if dead else "converged"
+            final_val = None if diverged else accuracy
+            metrics.update(
+                {
+                    "lr": chosen,
+                    "lr_source": "tuned",
+                    "val_acc": final_val,
+                    "val_loss": None if diverged else 2.3 * (1 - accuracy),
+                    "best_val_acc": accuracy,
+                    "tuning_val_acc": tuned,
+                    "train_loss": None if diverged else 2.3 * (1 - accuracy),
+                    "train_acc": None if diverged else accuracy + 0.02,
+                    "best_train_loss": 2.3 if dead else 2.3 * (1 - accuracy),
+                    "chance_loss": float(np.log(10)),
+                    "steps": 8 * STEPS_PER_EPOCH,
+                    "max_steps": 8 * STEPS_PER_EPOCH,
+                    "stop_reason": "diverged" if diverged else "plateau",
+                    "outcome": outcome,
+                    "trained": outcome == "converged",
+                    "converged": outcome == "converged",
+                    "attempts": [
+                        {"lr": chosen, "val_acc": final_val, "steps": 8 * STEPS_PER_EPOCH, "outcome": outcome}
+                    ],
+                    "retried": False,
+                    "chance": 0.1,
+                    "validation_images": 200,
+                }
+            )
             measures = _measures(variant.spec, accuracy, seed)
             metrics["params"] = measures["params"]
             (run / layout.METRICS).write_text(json.dumps(metrics))
             (run / layout.MEASURES).write_text(json.dumps(measures))
-            _history(accuracy, seed, interface, diverged).to_csv(run / layout.HISTORY, index=False)
+            _history(accuracy, seed, diverged).to_csv(run / layout.HISTORY, index=False)
             spatial = variant.spec["arch"] != "fc"
             init = _gaussian_map(33, measures["erf_init"]["std_mean"]) if spatial else np.zeros((1, 1))
             trained = _gaussian_map(33, measures["erf"]["std_mean"]) if spatial else np.zeros((1, 1))
@@ -270,7 +296,7 @@ def write_study(root: Path, interface: bool = True, seeds: tuple[int, ...] = (0,
                 shift[f"shift_consistency_{pixels}px"] = (
                     None if diverged else (1.0 if dead else 1 - 0.02 * pixels * (3 if variant_id == "arch-fc" else 1))
                 )
-            if interface and not diverged:
+            if not diverged:
                 shift["majority_class_fraction"] = 1.0 if dead else 0.12
             layout.analysis_file(run, "shift").write_text(json.dumps(shift))
             fixture.metrics.append(str(run / layout.METRICS))

@@ -90,6 +90,9 @@ def test_summary_keeps_columns_that_are_empty_for_every_run() -> None:
             "seed": [0, 1],
             "test_acc": [0.5, 0.6],
             "diverged": [False, False],
+            "trained": [True, True],
+            "outcome": ["converged", "converged"],
+            "retried": [False, False],
             "params": [10, 10],
             "erf_trf_ratio_trained": [None, None],
         }

@@ -13,7 +13,6 @@ from scipy import stats
 
 from cnnablate import layout
 from cnnablate.results import (
-    above_chance,
     collect_results,
     paired_difference_interval,
     read_tuning,
@@ -38,13 +37,6 @@ def test_steps_to_reach_is_the_first_crossing() -> None:
     )
     assert steps_to_reach(history, 0.5) == (20.0, 2.0)
     assert all(math.isnan(v) for v in steps_to_reach(history, 0.9))
-    assert all(math.isnan(v) for v in steps_to_reach(history.drop(columns="step"), 0.5))  # an older run
-
-
-def test_above_chance_is_a_one_sided_binomial_test() -> None:
-    assert not above_chance(0.10, 500, 10) and not above_chance(0.12, 500, 10)  # p = 0.08
-    assert above_chance(0.14, 500, 10)  # p = 0.002
-    assert above_chance(0.3, None, None) and not above_chance(None, 500, 10)
 
 
 def test_layout_names_each_path_once(tmp_path: Path) -> None:
@@ -83,14 +75,3 @@ def test_results_carry_learning_rate_steps_state_and_speed(tmp_path: Path) -> No
     assert (summary.loc["pool-avg", "paired_ci_low"], summary.loc["pool-avg", "paired_ci_high"]) == pytest.approx(
         (interval.low, interval.high)
     )
-
-
-def test_older_runs_fall_back_to_what_they_record(tmp_path: Path) -> None:
-    fixture = write_study(tmp_path, interface=False)
-    results = collect_results(fixture.study, fixture.metrics, ["measures", "shift"])
-    at_chance = results["variant"] == "norm-none"
-    assert results["trained"].tolist() == (~results["diverged"].astype(bool) & ~at_chance).tolist()
-    assert results["lr"].isna().all() and results["steps_to_target"].isna().all()
-    summary = summarize(results).set_index("variant")
-    assert not summary.loc["norm-none", "trained"] and summary.loc["pool-avg", "trained"]
-    assert summary.loc["base", "target_reached"] == 0

@@ -15,7 +15,6 @@ import seaborn as sns
 
 from cnnablate import layout
 from cnnablate.figures import LEGEND_BESIDE, NOT_TRAINED, save, variant_styles
-from cnnablate.results import run_trained
 
 CONSTANT = 0.99  # a run giving one class to this share of the unshifted test images is a constant predictor
 
@@ -25,9 +24,13 @@ def read_run_jsons(paths: Iterable[str | Path]) -> pd.DataFrame:
     rows = []
     for path in map(Path, paths):
         metrics = layout.run_metrics(path)
-        trained = run_trained(metrics)
         rows.append(
-            {"variant": metrics["variant"], "seed": metrics["seed"], "trained": trained, **json.loads(path.read_text())}
+            {
+                "variant": metrics["variant"],
+                "seed": metrics["seed"],
+                "trained": metrics["trained"],
+                **json.loads(path.read_text()),
+            }
         )
     return pd.DataFrame(rows)
 

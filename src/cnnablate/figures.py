@@ -211,20 +211,16 @@ def _ticks_at(ax: plt.Axes, rates: Sequence[float]) -> None:
 def learning_curves_figure(
     histories: pd.DataFrame, members: list[str], styles: Mapping[str, Style], block: str, path: Path
 ) -> Path:
-    """Validation accuracy and loss against optimiser steps: mean over seeds, band = range over seeds.
-
-    Older runs have no validation columns: their per-epoch test columns are plotted and labelled as such."""
+    """Validation accuracy and loss against optimiser steps: mean over seeds, band = range over seeds."""
     curves = histories[histories["variant"].isin(members)]
-    x = "step" if "step" in curves else "epoch"
-    split = "val" if "val_acc" in curves else "test"
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     if not curves.empty:
-        curves = curves.assign(accuracy=curves[f"{split}_acc"].astype(float) * 100)
+        curves = curves.assign(accuracy=curves["val_acc"].astype(float) * 100)
         palette = {variant: styles[variant].color for variant in members}
-        for ax, column in zip(axes, ("accuracy", f"{split}_loss"), strict=True):
+        for ax, column in zip(axes, ("accuracy", "val_loss"), strict=True):
             sns.lineplot(
                 data=curves,
-                x=x,
+                x="step",
                 y=column,
                 hue="variant",
                 hue_order=members,
@@ -233,11 +229,10 @@ def learning_curves_figure(
                 ax=ax,
                 legend=ax is axes[1],
             )
-    name = "validation" if split == "val" else "test (older run)"
-    axes[0].set_ylabel(f"{name} accuracy (%)")
-    axes[1].set_ylabel(f"{name} cross-entropy")
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[1].set_ylabel("validation cross-entropy")
     for ax in axes:
-        ax.set_xlabel("optimiser step" if x == "step" else "epoch")
+        ax.set_xlabel("optimiser step")
     if axes[1].get_legend():
         sns.move_legend(axes[1], **LEGEND_BESIDE)
     fig.suptitle(f"{block}: learning curves (band: range over seeds)", fontsize=10)

@@ -1,8 +1,6 @@
 """Every run of a study as one table, and per-variant means with 95% confidence intervals (pandas).
 
 A run is found from its declared ``metrics.json``; its other files sit next to it (``cnnablate.layout``).
-Fields that older runs lack (validation accuracy, chosen learning rate, ``trained``) come out empty, and
-``trained`` falls back to "did not diverge".
 """
 
 from __future__ import annotations
@@ -76,46 +74,14 @@ def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def steps_to_reach(history: pd.DataFrame, target: float) -> tuple[float, float]:
-    """Optimiser steps and seconds until validation accuracy first reaches ``target`` (NaN: never, or no data)."""
-    needed = {"step", "val_acc", "elapsed_seconds"}
-    if math.isnan(target) or not needed <= set(history.columns):
+    """Optimiser steps and seconds until validation accuracy first reaches ``target`` (NaN: never)."""
+    if math.isnan(target):
         return math.nan, math.nan
     reached = history[history["val_acc"].astype(float) >= target]
     if reached.empty:
         return math.nan, math.nan
     first = reached.iloc[0]
     return float(first["step"]), float(first["elapsed_seconds"])
-
-
-def above_chance(accuracy: float | None, images: int | None, classes: int | None, alpha: float = 0.01) -> bool:
-    """Whether an accuracy on ``images`` images is above chance (1/classes) by a one-sided binomial test.
-
-    The did-not-train rule of runs that predate it, applied to their test accuracy (they have no validation
-    split); without the counts it cannot be applied and only divergence counts."""
-    if accuracy is None or not images or not classes:
-        return accuracy is not None
-    correct = round(accuracy * images)
-    return bool(stats.binomtest(correct, images, 1 / classes, alternative="greater").pvalue < alpha)
-
-
-def run_trained(metrics: Mapping[str, Any]) -> bool:
-    """A run's ``trained`` flag; for a run from before the did-not-train rule and the validation split: it did
-    not diverge and its test accuracy is above chance."""
-    if metrics.get("trained") is not None:
-        return bool(metrics["trained"])
-    return not metrics.get("diverged") and above_chance(
-        metrics.get("test_acc"), metrics.get("test_images"), metrics.get("num_classes")
-    )
-
-
-def run_outcome(metrics: Mapping[str, Any], trained: bool) -> str | None:
-    """The run's outcome; for runs that predate the field, the states their flags tell (a trained run's
-    convergence is then unknown: None)."""
-    if metrics.get("outcome"):
-        return str(metrics["outcome"])
-    if metrics.get("diverged"):
-        return DIVERGED
-    return None if trained else DID_NOT_TRAIN
 
 
 def _first_attempt(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,8 +110,7 @@ def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses:
         }
         row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
         row.update({key: metrics.get(key) for key in RUN_FIELDS})
-        row["trained"] = run_trained(metrics)
-        row["outcome"] = run_outcome(metrics, row["trained"])
+        row["outcome"] = metrics["outcome"]
         row.update(_first_attempt(metrics))
         measures = layout.run_file(run, layout.MEASURES)
         if measures.exists():
@@ -299,8 +264,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
             dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
         )
         first = group.iloc[0]
-        trained = (group["trained"] if "trained" in group else ~group["diverged"].astype(bool)).astype(bool)
-        outcomes = group["outcome"] if "outcome" in group else pd.Series(None, index=group.index, dtype=object)
+        trained, outcomes = group["trained"].astype(bool), group["outcome"]
         rows.append(
             {
                 "variant": variant,
@@ -311,7 +275,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 # the converged final runs are the evidence; the short tuning runs only chose the learning rate
                 "trained": bool(trained.all()),
                 **outcome_counts(outcomes),
-                "retried_runs": int(group["retried"].isin([True]).sum()) if "retried" in group else 0,
+                "retried_runs": int(group["retried"].astype(bool).sum()),
                 "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
                 "lr_source": first.get("lr_source"),
