@@ -277,7 +277,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="digits")
     parser.add_argument("--config", type=Path, default=ROOT / "config/demo.yaml", help="recipe, tuning and grid")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--variants", nargs="+", metavar="BLOCK", help="run only these ablation blocks (and base)")
+    parser.add_argument("--variants", nargs="*", metavar="BLOCK", help="run only these ablation blocks (and base)")
     parser.add_argument("--max-steps", type=int, help="override train.max_steps")
     parser.add_argument("--train-size", type=int, help="use this many training images (stratified; default all)")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the test split")

@@ -110,6 +110,8 @@ def test_a_cut_keeps_base_and_the_named_blocks_and_overrides_the_step_cap(tmp_pa
     assert config["analysis"]["interpret"] == []  # arch-local left with its block
     targets = real_data.run_targets(study)
     assert len(targets) == 8 and "results/cut/runs/pool-none/seed1/metrics.json" in targets
+    base_only = real_data.study_config(DEMO, tmp_path / "d.npz", "cut", [0], [])
+    assert list(Study.from_config(validate_config(base_only)).variants) == ["base"]
 
 
 def test_an_unknown_block_is_refused_naming_the_allowed_ones(tmp_path: Path) -> None:
