@@ -49,22 +49,21 @@ IMAGE_SIZE = 32
 TEST_FRACTION = 0.25
 THRESHOLD = 0.9
 TEXTURES = ("brick", "grass", "gravel")
-# Fields the training job may write (some only in newer versions): printed where present, '-' where absent.
-COLUMNS = (
-    "variant",
-    "seed",
-    "test_acc",
-    "lr",
-    "tuning_val_acc",
-    "final_val_acc",
-    "steps",
-    "stop_reason",
-    "outcome",
-    "attempts",
-    "retried",
-)
-HEADERS = ("variant", "seed", "test acc", "tuned lr", "val acc tuning", "val acc final", "steps", "stop", "outcome")
-HEADERS += ("attempts", "retried")
+# field -> header of the table's columns. Fields the training job writes only in newer versions (outcome,
+# attempts, retried, tuning_val_acc) are printed where present, '-' where absent.
+TABLE = {
+    "variant": "variant",
+    "seed": "seed",
+    "test_acc": "test acc",
+    "lr": "lr (tuned)",
+    "tuning_val_acc": "val acc at tuning",
+    "final_val_acc": "val acc final",
+    "steps": "steps",
+    "stop_reason": "stop",
+    "outcome": "outcome",
+    "attempts": "attempts",
+    "retried": "retried",
+}
 
 
 def digits_images() -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -217,7 +216,7 @@ def read_rows(workdir: Path, study: Study) -> list[dict[str, Any]]:
             metrics = json.loads(metrics_path.read_text())
             rows.append(
                 {
-                    **{field: metrics.get(field) for field in COLUMNS},
+                    **{field: metrics.get(field) for field in TABLE},
                     "variant": variant,
                     "seed": seed,
                     "tuning_val_acc": tuning_val_acc(metrics, tuning),
@@ -241,6 +240,7 @@ def reaching(rows: Iterable[Mapping[str, Any]], threshold: float = THRESHOLD) ->
 
 
 def _cell(field: str, value: Any) -> str:
+    """A table cell: accuracies in percent, '-' for a field the run lacks."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if field.endswith("acc"):
@@ -251,12 +251,14 @@ def _cell(field: str, value: Any) -> str:
 
 
 def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cell(field, row.get(field)) for field in COLUMNS) + " |" for row in rows]
+    """One line per run, in the study's variant order."""
+    lines = ["| " + " | ".join(TABLE.values()) + " |", "|" + "---|" * len(TABLE)]
+    lines += ["| " + " | ".join(_cell(field, row.get(field)) for field in TABLE) + " |" for row in rows]
     return "\n".join(lines)
 
 
 def summary_line(rows: list[Mapping[str, Any]], seeds: list[int], threshold: float = THRESHOLD) -> str:
+    """'N/M variants >= 90% test accuracy', saying over which seeds."""
     reached, total = reaching(rows, threshold)
     over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean over {len(seeds)} seeds"
     return f"{reached}/{total} variants >= {100 * threshold:g}% test accuracy ({over})"
@@ -266,7 +268,7 @@ def write_table(rows: list[Mapping[str, Any]], markdown: str, path_stem: Path) -
     """The table as markdown (what was printed) and as CSV (raw numbers: accuracies as fractions)."""
     path_stem.with_suffix(".md").write_text(markdown + "\n")
     with open(path_stem.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(handle, fieldnames=list(TABLE), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
 
