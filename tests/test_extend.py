@@ -16,9 +16,9 @@ from conftest import ROOT, snakemake
 TRIVIAL_RULE = """
 rule weight_norm:
     input:
-        model=f"{RUN}/model.pt",
+        model=run_file(layout.MODEL),
     output:
-        f"{RUN}/weight_norm.json",
+        analysis_file("weight_norm"),
     log:
         f"{LOGS}/weight_norm/{{variant}}/seed{{seed}}.log",
     benchmark:

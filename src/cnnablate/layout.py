@@ -17,6 +17,7 @@ MODEL = "model.pt"
 MEASURES = "measures.json"
 ERF_INIT = "erf_init.npy"
 ERF_TRAINED = "erf_trained.npy"
+ERF_FIGURE = "measures_erf.png"
 INTERPRET = "interpret"
 TRACKED = "mlflow_run.json"  # the MLflow run id of a run (or a tuning search) once the track rule mirrored it
 
@@ -54,6 +55,16 @@ def tuning_file(results: str | Path, variant: str) -> str:
 def tuning_tracked(results: str | Path, variant: str) -> str:
     """The MLflow run id of one variant's learning-rate search: <results>/tuning/tracked/<variant>.json."""
     return f"{results}/tuning/tracked/{variant}.json"
+
+
+def checkpoint(results: str | Path, variant: str, seed: int | str) -> str:
+    """A training job's resumable state, outside its outputs (Snakemake deletes a failed job's outputs)."""
+    return f"{results}/checkpoints/{variant}/seed{seed}.pt"
+
+
+def tuning_resume(results: str | Path, variant: str) -> str:
+    """A learning-rate search's finished grid points, kept while it runs so a killed search resumes."""
+    return f"{results}/checkpoints/tune/{variant}.pt"
 
 
 def job_key(study: str, variant: str, seed: int | str) -> str:

@@ -35,10 +35,22 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+def run_file(name):
+    """A file of every run as a rule pattern, named by cnnablate.layout: run_file(layout.METRICS)."""
+    return str(layout.run_file(RUN, name))
+
+
+def analysis_file(name):
+    """The JSON of numbers an analysis writes for every run, as a rule pattern: RUN/<name>.json."""
+    return str(layout.analysis_file(RUN, name))
+
+
 def register_analysis(name, study_outputs=()):
-    """Declare a per-run analysis: its rule writes RUN/<name>.json (flat metrics); report and MLflow pick it up."""
+    """Declare a per-run analysis: its rule writes analysis_file(name) (flat metrics), and its study-level rule
+    the files ``study_outputs`` (pass that rule's own outputs: ``rules.<rule>.output``); report and MLflow pick
+    them up."""
     ANALYSES[name] = {
-        "run_output": f"{RUN}/{name}.json",
+        "run_output": analysis_file(name),
         "study_outputs": list(study_outputs),
     }
 
@@ -83,7 +95,7 @@ def tuning_input(wildcards):
 def tracked_runs(wildcards=None):
     """The MLflow mirrors of every run and, when the study tunes, of every variant's learning-rate search."""
     searches = [layout.tuning_tracked(RESULTS, v) for v in STUDY.variants]
-    return expand_runs(f"{RUN}/{layout.TRACKED}") + (
+    return expand_runs(run_file(layout.TRACKED)) + (
         searches if config["tune"]["enabled"] else []
     )
 
@@ -94,7 +106,7 @@ def tuning_targets(wildcards=None):
 
 def all_targets(wildcards):
     return [
-        *expand_runs(f"{RUN}/metrics.json"),
+        *expand_runs(run_file(layout.METRICS)),
         *tuning_targets(),
         *analysis_outputs(),
         f"{RESULTS}/mlflow_sync.json",

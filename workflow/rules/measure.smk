@@ -4,15 +4,15 @@
 
 rule measure:
     input:
-        metrics=f"{RUN}/metrics.json",
-        model=f"{RUN}/model.pt",
+        metrics=run_file(layout.METRICS),
+        model=run_file(layout.MODEL),
         data=f"{RESULTS}/data/dataset.npz",
     output:
-        measures=f"{RUN}/measures.json",
-        erf_init=f"{RUN}/erf_init.npy",
-        erf_trained=f"{RUN}/erf_trained.npy",
-        figure=f"{RUN}/measures_erf.png",
-        rf_laws=f"{RUN}/rf_laws.json",
+        measures=run_file(layout.MEASURES),
+        erf_init=run_file(layout.ERF_INIT),
+        erf_trained=run_file(layout.ERF_TRAINED),
+        figure=run_file(layout.ERF_FIGURE),
+        rf_laws=analysis_file("rf_laws"),
     log:
         f"{LOGS}/measure/{{variant}}/seed{{seed}}.log",
     benchmark:

@@ -4,7 +4,7 @@
 rule mlflow_sync:
     input:
         tracking=f"{RESULTS}/mlflow.json",
-        metrics=expand_runs(f"{RUN}/metrics.json"),
+        metrics=expand_runs(run_file(layout.METRICS)),
         tracked=tracked_runs,
         analyses=analysis_outputs,
         results=f"{RESULTS}/results.csv",
@@ -29,8 +29,8 @@ rule mlflow_sync:
 
 rule interpret:
     input:
-        metrics=f"{RUN}/metrics.json",
-        model=f"{RUN}/model.pt",
+        metrics=run_file(layout.METRICS),
+        model=run_file(layout.MODEL),
         data=f"{RESULTS}/data/dataset.npz",
     output:
         directory(f"{RUN}/interpret"),
@@ -52,11 +52,11 @@ rule interpret:
 
 rule report:
     input:
-        metrics=expand_runs(f"{RUN}/{layout.METRICS}"),
-        histories=expand_runs(f"{RUN}/{layout.HISTORY}"),
-        measures=expand_runs(f"{RUN}/{layout.MEASURES}"),
-        erf=expand_runs(f"{RUN}/{layout.ERF_TRAINED}")
-        + expand_runs(f"{RUN}/{layout.ERF_INIT}"),
+        metrics=expand_runs(run_file(layout.METRICS)),
+        histories=expand_runs(run_file(layout.HISTORY)),
+        measures=expand_runs(run_file(layout.MEASURES)),
+        erf=expand_runs(run_file(layout.ERF_TRAINED))
+        + expand_runs(run_file(layout.ERF_INIT)),
         analyses=analysis_outputs,
         tuning=tuning_results,
         interpret=interpret_targets,

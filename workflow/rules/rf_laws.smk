@@ -23,8 +23,8 @@ TRAINABILITY_OUTPUTS = (
 
 rule rf_laws_study:
     input:
-        metrics=expand_runs(f"{RUN}/metrics.json"),
-        measures=expand_runs(f"{RUN}/measures.json"),
+        metrics=expand_runs(run_file(layout.METRICS)),
+        measures=expand_runs(run_file(layout.MEASURES)),
     output:
         **TRAINABILITY_OUTPUTS,
         laws=report(
@@ -71,14 +71,4 @@ rule rf_laws_study:
         "../scripts/rf_laws_study.py"
 
 
-register_analysis(
-    "rf_laws",
-    study_outputs=[
-        f"{RESULTS}/tables/rf_laws.csv",
-        f"{RESULTS}/tables/rf_laws_measurements.csv",
-        f"{RESULTS}/tables/depth_trainability.csv",
-        f"{RESULTS}/figures/rf_laws_depth.png",
-        f"{RESULTS}/figures/rf_laws_kernel_size.png",
-        *([TRAINABILITY_FIGURE] if DEPTH_BLOCK else []),
-    ],
-)
+register_analysis("rf_laws", study_outputs=rules.rf_laws_study.output)

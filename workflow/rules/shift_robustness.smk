@@ -5,11 +5,11 @@
 
 rule shift_robustness:
     input:
-        metrics=f"{RUN}/metrics.json",
-        model=f"{RUN}/model.pt",
+        metrics=run_file(layout.METRICS),
+        model=run_file(layout.MODEL),
         data=f"{RESULTS}/data/dataset.npz",
     output:
-        f"{RUN}/shift.json",
+        analysis_file("shift"),
     log:
         f"{LOGS}/shift/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -29,7 +29,7 @@ rule shift_robustness:
 
 rule shift_robustness_figure:
     input:
-        expand_runs(f"{RUN}/shift.json"),
+        expand_runs(analysis_file("shift")),
     output:
         figure=report(
             f"{RESULTS}/figures/shift_robustness.png",
@@ -54,10 +54,4 @@ rule shift_robustness_figure:
         "../scripts/shift_robustness_figure.py"
 
 
-register_analysis(
-    "shift",
-    study_outputs=[
-        f"{RESULTS}/figures/shift_robustness.png",
-        f"{RESULTS}/tables/shift_robustness.csv",
-    ],
-)
+register_analysis("shift", study_outputs=rules.shift_robustness_figure.output)

@@ -5,11 +5,11 @@
 rule track:
     input:
         tracking=f"{RESULTS}/mlflow.json",
-        metrics=f"{RUN}/{layout.METRICS}",
-        history=f"{RUN}/{layout.HISTORY}",
-        model=f"{RUN}/{layout.MODEL}",
+        metrics=run_file(layout.METRICS),
+        history=run_file(layout.HISTORY),
+        model=run_file(layout.MODEL),
     output:
-        f"{RUN}/{layout.TRACKED}",
+        run_file(layout.TRACKED),
     log:
         f"{LOGS}/track/{{variant}}/seed{{seed}}.log",
     benchmark:

@@ -24,9 +24,9 @@ rule train:
         unpack(tuning_input),
         data=f"{RESULTS}/data/dataset.npz",
     output:
-        metrics=f"{RUN}/metrics.json",
-        history=f"{RUN}/history.csv",
-        model=f"{RUN}/model.pt",
+        metrics=run_file(layout.METRICS),
+        history=run_file(layout.HISTORY),
+        model=run_file(layout.MODEL),
     log:
         f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
     benchmark:
@@ -44,6 +44,6 @@ rule train:
         spec=variant_spec,
         recipe=job_param("train", config["train"]),
         # outside the outputs: Snakemake deletes a failed job's outputs, the checkpoint must survive
-        checkpoint=f"{RESULTS}/checkpoints/{{variant}}/seed{{seed}}.pt",
+        checkpoint=layout.checkpoint(RESULTS, "{variant}", "{seed}"),
     script:
         "../scripts/train.py"

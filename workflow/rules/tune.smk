@@ -24,7 +24,7 @@ rule tune:
         recipe=job_param("train", config["train"]),
         tune=job_param("tune", config["tune"]),
         # outside the outputs: Snakemake deletes a failed job's outputs, finished grid points must survive
-        resume=f"{RESULTS}/checkpoints/tune/{{variant}}.pt",
+        resume=layout.tuning_resume(RESULTS, "{variant}"),
     script:
         "../scripts/tune.py"
 
