@@ -60,7 +60,7 @@ class Picture:
 
 
 @dataclass
-class Block:
+class Section:
     """One ablation block: its verdict, its rows of the summary table and its figures."""
 
     name: str
@@ -552,7 +552,7 @@ class StudyData:
         return figures.variant_styles(list(self.study.variants))
 
 
-def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block:
+def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Section:
     """Verdict, table rows and figures of one ablation block: accuracy per seed, LR search, learning curves."""
     members, directory = data.study.ablation_variants(name), data.figures_dir
     accuracy = figures.accuracy_figure(data.results, data.summary, members, name, directory / f"accuracy_{name}.png")
@@ -572,7 +572,7 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block
         caption += " Steps trained (mean): " + ", ".join(f"{v} {s:.0f}" for v, s in steps.items()) + "."
     curves = figures.learning_curves_figure(histories, members, data.styles, name, directory / f"curves_{name}.png")
     pictures.append(Picture.of(curves, caption))
-    return Block(
+    return Section(
         name,
         block_verdict(members, data.summary, data.results),
         table_rows(members, data.summary, data.results),
