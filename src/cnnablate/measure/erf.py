@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnablate.measure.graph import Graph
 from cnnablate.measure.macs import InputSize, evaluation, input_shape, placed
-from cnnablate.measure.receptive_field import RFLayer, RFResult, _analyse, _Graph, _pair, _rf_on
+from cnnablate.measure.receptive_field import RFLayer, RFResult, analyse, analyse_at, pair
 
 AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -130,7 +131,7 @@ def _crop(raw: np.ndarray, region: tuple[tuple[int, int], tuple[int, int]]) -> t
 
 
 def _fit_canvas(
-    graph: _Graph,
+    graph: Graph,
     trf: RFResult,
     shape: tuple[int, int, int],
     canvas: int | tuple[int, int] | None,
@@ -147,10 +148,10 @@ def _fit_canvas(
     def entry(hw: tuple[int, int]) -> RFLayer:
         if hw == image:
             return trf.at(trf.layer)
-        return _rf_on(graph, (shape[0], *hw), device, dtype, trf.layer).at(trf.layer)
+        return analyse_at(graph, (shape[0], *hw), device, dtype, trf.layer).at(trf.layer)
 
     if canvas is not None:
-        hw = _pair(canvas)
+        hw = pair(canvas)
         if hw[0] < image[0] or hw[1] < image[1]:
             raise ValueError(f"canvas {hw} is smaller than the images {image}")
         return hw, entry(hw)
@@ -207,7 +208,7 @@ def effective_rf(
             n_images, source = n_random, "random"
         else:
             raise ValueError("give either images or input_size")
-        graph, trf = _analyse(model, shape, dev, dtype, method, layer)
+        graph, trf = analyse(model, shape, dev, dtype, method, layer)
         hw, entry = _fit_canvas(graph, trf, shape, canvas, dev, dtype)
         feature = graph.feature(trf.layer)
         unit = (entry.shape[0] // 2, entry.shape[1] // 2)
