@@ -112,7 +112,24 @@ def _radius(mass: np.ndarray, fraction: float) -> int:
     return next(i for i, s, _ in _square_sums(mass) if s >= fraction - 1e-12)
 
 
-def _area_ratios(raw: np.ndarray) -> dict[float, float]:
+def area_ratios(raw: np.ndarray, frame: int | None = None) -> dict[float, float]:
+    """RepLKNet's high-contribution area ratio of a raw ERF map for each t in :data:`AREA_THRESHOLDS`.
+
+    As ``erf/analyze_erf.py`` of DingXiaoH/RepLKNet-pytorch: ``log10(map + 1)`` rescaled to a maximum of
+    1; for each t, the smallest centred square of side ``2i+1`` (``i >= 1``) holding more than a fraction
+    t of the total, as its area over the map's. Without ``frame`` the map is the TRF window, so the ratio
+    is relative to the model's own TRF, which grows with the kernel. With ``frame`` the map is first
+    centred in a zero ``frame`` x ``frame`` window, the same for every model compared (RepLKNet uses the
+    whole 1024 px input); outside its TRF a map is zero, so padding it is exact.
+    """
+    if frame is not None:
+        h, w = raw.shape
+        if h > frame or w > frame:
+            raise ValueError(f"frame {frame} is smaller than the map {raw.shape}")
+        framed = np.zeros((frame, frame))
+        top, left = frame // 2 - h // 2, frame // 2 - w // 2
+        framed[top : top + h, left : left + w] = raw
+        raw = framed
     data = np.log10(raw + 1.0)
     data = data / data.max()
     total = data.sum()
@@ -251,7 +268,7 @@ def effective_rf(
         erf_size=(erf_size[0], erf_size[1]),
         erf_trf_ratio=float(np.mean([erf_size[a] / entry.size[a] for a in (0, 1)])),
         radius95=_radius(mass, 0.95),
-        area_ratio=_area_ratios(raw_map),
+        area_ratio=area_ratios(raw_map),
         n_images=n_images,
         source=source,
         seed=seed,
