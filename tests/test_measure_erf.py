@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnablate.measure import AREA_THRESHOLDS, effective_rf, measure_model, positive_linear_copy
+from cnnablate.measure.erf import area_ratios
 
 
 def uniform_stack(n: int, k: int) -> nn.Sequential:
@@ -48,6 +49,35 @@ def test_flat_field_summaries() -> None:
     assert result.area_ratio == pytest.approx({0.2: 0.36, 0.3: 0.36, 0.5: 1.0, 0.99: 1.0})
 
 
+def _replknet_get_rectangle(data: np.ndarray, thresh: float) -> float | None:
+    """RepLKNet's erf/analyze_erf.py get_rectangle, as published, as the oracle."""
+    h, w = data.shape
+    all_sum = np.sum(data)
+    for i in range(1, h // 2):
+        selected = data[h // 2 - i : h // 2 + 1 + i, w // 2 - i : w // 2 + 1 + i]
+        if np.sum(selected) / all_sum > thresh:
+            return (i * 2 + 1) / h * (i * 2 + 1) / w
+    return None
+
+
+def test_area_ratios_in_a_common_frame_follow_replknet() -> None:
+    rng = np.random.default_rng(0)
+    raw = np.exp(-((np.arange(21) - 10) ** 2) / 20.0)[:, None] * np.exp(-((np.arange(21) - 10) ** 2) / 30.0) * 50
+    raw += rng.uniform(0, 0.1, raw.shape)
+    ratios = area_ratios(raw, 40)
+    framed = np.zeros((40, 40))
+    framed[10:31, 10:31] = raw
+    data = np.log10(framed + 1)
+    data /= data.max()
+    for t, ratio in ratios.items():
+        assert ratio == pytest.approx(_replknet_get_rectangle(data, t))
+    delta = np.zeros((5, 5))
+    delta[2, 2] = 7.0
+    assert area_ratios(delta, 30) == {t: 9 / 900 for t in (0.2, 0.3, 0.5, 0.99)}
+    with pytest.raises(ValueError, match="frame 4 is smaller"):
+        area_ratios(delta, 4)
+
+
 def test_random_inputs_are_seeded() -> None:
     torch.manual_seed(0)
     model = dilated_stack()
@@ -66,7 +96,8 @@ def test_images_are_used_and_zero_padded_centrally() -> None:
     images = torch.ones((2, 3, 32, 32))
     result = effective_rf(squaring, images=images)
     assert (result.source, result.n_images, result.image_size) == ("images", 2, (32, 32))
-    assert result.canvas[0] >= 45 and not result.truncated
+    assert result.canvas[0] >= 45
+    assert not result.truncated
     # d(x^2)/dx = 2x vanishes on the zero padding: the non-zero part of the map is the image, centred
     rows = np.flatnonzero(result.map.any(axis=1))
     assert len(rows) == 32
@@ -82,9 +113,11 @@ def test_canvas_is_enlarged_when_the_trf_exceeds_the_image() -> None:
     model = positive_linear_copy(dilated_stack())
     result = effective_rf(model, input_size=32, n_random=2)
     assert result.trf.size == (45, 45)
-    assert min(result.canvas) >= 45 and not result.truncated
+    assert min(result.canvas) >= 45
+    assert not result.truncated
     support = result.map > 0
-    assert support.any(axis=1).all() and support.any(axis=0).all()  # not cut: spans the whole TRF
+    assert support.any(axis=1).all()  # not cut: spans the whole TRF
+    assert support.any(axis=0).all()
     cut = effective_rf(model, input_size=32, n_random=2, canvas=32)
     assert cut.truncated
     assert not (cut.map > 0).any(axis=1).all()
@@ -107,8 +140,10 @@ class FixedSize(nn.Module):
 
 def test_models_bound_to_their_input_size_are_measured_on_the_image() -> None:
     result = effective_rf(FixedSize(), input_size=16, n_random=2)
-    assert result.canvas == (16, 16) and result.truncated
-    assert result.map.shape == (45, 45) and result.map.sum() == pytest.approx(1.0)
+    assert result.canvas == (16, 16)
+    assert result.truncated
+    assert result.map.shape == (45, 45)
+    assert result.map.sum() == pytest.approx(1.0)
 
 
 def test_map_is_normalised_centred_and_summaries_are_consistent() -> None:
@@ -119,16 +154,21 @@ def test_map_is_normalised_centred_and_summaries_are_consistent() -> None:
     model.train()
     before = model[1].running_mean.clone()
     result = effective_rf(model, input_size=24, n_random=4)
-    assert model.training and torch.equal(model[1].running_mean, before)  # measured in eval mode, restored
+    assert model.training  # measured in eval mode, restored
+    assert torch.equal(model[1].running_mean, before)
     assert result.map.dtype == np.float64
-    assert result.map.min() >= 0 and result.map.sum() == pytest.approx(1.0, abs=1e-12)
+    assert result.map.min() >= 0
+    assert result.map.sum() == pytest.approx(1.0, abs=1e-12)
     assert result.map.shape == result.trf.size == (7, 7)
     assert result.unit == (6, 6)  # centre of the 12x12 map
     rows, cols = np.indices(result.map.shape)
     centre = (result.map.shape[0] - 1) / 2
-    assert abs((result.map * rows).sum() - centre) < 1.5 and abs((result.map * cols).sum() - centre) < 1.5
+    assert abs((result.map * rows).sum() - centre) < 1.5
+    assert abs((result.map * cols).sum() - centre) < 1.5
     ratios = [result.area_ratio[t] for t in AREA_THRESHOLDS]
-    assert ratios == sorted(ratios) and ratios[0] > 0 and ratios[-1] <= 1
+    assert ratios == sorted(ratios)
+    assert ratios[0] > 0
+    assert ratios[-1] <= 1
     assert 0 <= result.radius95 <= 3
     assert result.std_mean == pytest.approx(sum(result.std) / 2)
     assert result.erf_trf_ratio == pytest.approx(np.mean([result.erf_size[a] / 7 for a in (0, 1)]))
@@ -138,9 +178,11 @@ def test_layer_selection_and_json() -> None:
     torch.manual_seed(0)
     model = dilated_stack()
     result = effective_rf(model, input_size=32, layer="2", n_random=2)
-    assert result.trf.size == (7, 7) and result.trf.modules == ("2",)
+    assert result.trf.size == (7, 7)
+    assert result.trf.modules == ("2",)
     summary = json.loads(json.dumps(result.to_dict()))
-    assert summary["layer"] == result.layer and "map" not in summary
+    assert summary["layer"] == result.layer
+    assert "map" not in summary
     assert set(summary["area_ratio"]) == {str(t) for t in AREA_THRESHOLDS}
 
 
@@ -153,6 +195,7 @@ def test_measure_model(tmp_path: object) -> None:
     assert result["params"] == sum(p.numel() for p in model.parameters())
     assert result["flops"] == 2 * result["macs"] > 0
     assert result["trf"]["size"] == [45, 45]
-    assert result["erf"]["canvas"][0] >= 45 and result["erf"]["map_path"] == str(path)
+    assert result["erf"]["canvas"][0] >= 45
+    assert result["erf"]["map_path"] == str(path)
     assert np.load(path).shape == (45, 45)
     assert measure_model(model, 32)["erf"] is None

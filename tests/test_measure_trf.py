@@ -420,7 +420,8 @@ def test_gradient_support_equals_trf(name: str) -> None:
         ]
         for a in (0, 1)
     ]
-    assert len(fits[0]) >= 2 and len(fits[1]) >= 2
+    assert len(fits[0]) >= 2
+    assert len(fits[1]) >= 2
     unit_rows, unit_cols = ({f[0], f[1], f[len(f) // 2], f[-1]} for f in fits)  # first two, middle, last
     for i, j in ((i, j) for i in unit_rows for j in unit_cols):
         (grad,) = torch.autograd.grad(out[0, :, i, j].sum(), x, retain_graph=True)
@@ -446,9 +447,12 @@ def test_positive_linear_copy() -> None:
     copy = positive_linear_copy(model, torch.float64)
     kinds = [type(m) for m in copy]
     assert kinds == [nn.Conv2d, nn.BatchNorm2d, nn.Identity, nn.AvgPool2d, nn.Identity, nn.AdaptiveAvgPool2d]
-    assert isinstance(model[2], nn.ReLU6) and model.training  # the original is untouched
-    assert not copy.training and not any(p.requires_grad for p in copy.parameters())
-    assert torch.all(copy[0].weight == 1 / 27) and torch.all(copy[0].bias == 0)
+    assert isinstance(model[2], nn.ReLU6)  # the original is untouched
+    assert model.training
+    assert not copy.training
+    assert not any(p.requires_grad for p in copy.parameters())
+    assert torch.all(copy[0].weight == 1 / 27)
+    assert torch.all(copy[0].bias == 0)
     assert copy[0].weight.dtype == torch.float64
     x = torch.rand(2, 3, 12, 12, dtype=torch.float64)
     assert torch.all(copy(x) > 0)

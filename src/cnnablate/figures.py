@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib
 
@@ -466,3 +466,95 @@ def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None,
     fig.suptitle(f"Effective receptive field: {title}", fontsize=10)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------
+# Receptive-field laws (cnnablate.rf_laws)
+
+
+class PowerFit(Protocol):
+    """A fitted ``y = prefactor * x^exponent`` (``cnnablate.rf_laws.PowerLaw``)."""
+
+    @property
+    def exponent(self) -> float: ...
+
+    @property
+    def prefactor(self) -> float: ...
+
+
+def rf_laws_depth_figure(
+    stacks: pd.DataFrame, fits: Mapping[str, PowerFit], residual: pd.DataFrame, path: str | Path
+) -> Path:
+    """ERF std vs depth (log-log, with each stack kind's fit), ERF/TRF vs depth with the n^-0.5 reference, and
+    plain vs residual networks at equal depth. ``fits``: ERF std against depth per stack kind, in legend order."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
+    for kind, fit in fits.items():
+        rows = stacks[stacks["kind"] == kind]
+        (line,) = axes[0].plot(rows["depth"], rows["erf_std"], "o", label=f"{kind}: alpha {fit.exponent:.3f}")
+        axes[0].plot(rows["depth"], fit.prefactor * rows["depth"] ** fit.exponent, "-", color=line.get_color())
+        axes[1].plot(rows["depth"], rows["erf_trf_ratio"], "o-", color=line.get_color(), label=kind)
+    depths = np.asarray(sorted(stacks["depth"].unique()), dtype=float)
+    first = stacks[stacks["depth"] == depths[0]]["erf_trf_ratio"].mean()
+    axes[1].plot(depths, first * np.sqrt(depths[0] / depths), "k--", label="1/sqrt(n) reference")
+    for ax, label in ((axes[0], "ERF std (pixels)"), (axes[1], "ERF size / TRF size")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("depth n (layers)")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    axes[0].set_title("ERF growth with depth (Luo et al.: n^0.5)")
+    axes[1].set_title("ERF relative to TRF")
+    for residual_flag, rows in residual.groupby("residual"):
+        axes[2].plot(rows["blocks_per_stage"], rows["erf_std"], "o-", label="residual" if residual_flag else "plain")
+    axes[2].set_xlabel("blocks per stage")
+    axes[2].set_ylabel("ERF std at initialisation (pixels)")
+    axes[2].set_title("Plain against residual at equal depth")
+    axes[2].legend(fontsize=8)
+    return save(fig, path)
+
+
+def rf_laws_kernel_figure(kernels: pd.DataFrame, path: str | Path) -> Path:
+    """RepLKNet's area ratios (columns ``area_ratio_<t in %>``) and the ERF std against the depthwise kernel size."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    for column in (c for c in kernels.columns if c.startswith("area_ratio_")):
+        axes[0].plot(kernels["kernel_size"], kernels[column], "o-", label=f"t = {column.removeprefix('area_ratio_')}%")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("high-contribution area ratio (common frame)")
+    axes[1].plot(kernels["kernel_size"], kernels["erf_std"], "o-")
+    axes[1].set_ylabel("ERF std (pixels)")
+    for ax in axes:
+        ax.set_xlabel("depthwise kernel size k")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Kernel size at fixed depth ({kernels['depth'].iloc[0]} separable blocks), at initialisation")
+    return save(fig, path)
+
+
+def rf_laws_trainability_figure(trainability: pd.DataFrame, training: pd.DataFrame, path: str | Path) -> Path:
+    """Accuracy against depth (plain/residual x norm) and ERF std before and after training per variant."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), layout="constrained")
+    for (norm, residual), rows in trainability.groupby(["norm", "residual"]):
+        label = f"{'residual' if residual else 'plain'}, norm {norm}"
+        # Intervals clipped to the possible range [0, 1]: with two seeds the t interval is wide.
+        low, high = rows["test_acc_low"].clip(0, 1), rows["test_acc_high"].clip(0, 1)
+        error = np.vstack([rows["test_acc"] - low, high - rows["test_acc"]])
+        axes[0].errorbar(
+            rows["blocks_per_stage"],
+            rows["test_acc"] * 100,
+            yerr=np.nan_to_num(error) * 100,
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    axes[0].set_xlabel("blocks per stage")
+    axes[0].set_ylabel("test accuracy (%, 95% interval over seeds)")
+    axes[0].set_ylim(0, 100)
+    axes[0].set_title("What made depth trainable")
+    axes[0].legend(fontsize=8)
+    positions = np.arange(len(training))
+    axes[1].bar(positions - 0.2, training["erf_std_init"], 0.4, label="initialisation")
+    axes[1].bar(positions + 0.2, training["erf_std_trained"], 0.4, label="trained")
+    axes[1].set_xticks(positions, training["variant"], rotation=60, ha="right", fontsize=7)
+    axes[1].set_ylabel("ERF std (pixels)")
+    axes[1].set_title("ERF before and after training")
+    axes[1].legend(fontsize=8)
+    return save(fig, path)

@@ -27,7 +27,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from cnnablate.measure import ERFResult, effective_rf
+from cnnablate.measure import AREA_THRESHOLDS, ERFResult, effective_rf
+from cnnablate.measure.erf import area_ratios
 from cnnablate.models import build_model
 from cnnablate.results import mean_interval
 
@@ -35,7 +36,6 @@ CONFIDENCE = 0.95
 SQRT_LAW = 0.5  # Luo et al.: ERF std ~ n^0.5
 UNIFORM_TOLERANCE = 1e-3  # the uniform case is exact up to floating point
 CLOSE_TOLERANCE = 0.1  # "about 0.5": within this of the law when the interval excludes it
-AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,15 @@ def stack_rows(settings: LawSettings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def stack_fits(stacks: pd.DataFrame, column: str) -> dict[str, PowerLaw]:
+    """``column ~ depth^alpha`` for every stack kind (in :data:`STACK_KINDS` order), for the laws and the figure."""
+    fits = {}
+    for kind in STACK_KINDS:
+        rows = stacks[stacks["kind"] == kind.name]
+        fits[kind.name] = fit_power_law(rows["depth"], rows[column])
+    return fits
+
+
 # --------------------------------------------------------------------------------------------------
 # The study's networks at initialisation
 
@@ -183,36 +192,6 @@ def residual_rows(base: Mapping[str, Any], depths: Iterable[int], settings: LawS
     return pd.DataFrame(rows)
 
 
-def area_ratios_in_frame(raw: np.ndarray, frame: int) -> dict[float, float]:
-    """RepLKNet's high-contribution area ratios on a fixed ``frame`` x ``frame`` window centred on the unit.
-
-    As ``erf/analyze_erf.py`` of DingXiaoH/RepLKNet-pytorch: ``log10(map + 1)`` rescaled to a maximum of
-    1; for each t, the smallest centred square of side ``2i+1`` (``i >= 1``) holding more than a fraction
-    t of the total, as its area over the frame's. The frame is the same for every model compared (RepLKNet
-    uses the whole 1024 px input), whereas ``measure.effective_rf`` reports ratios relative to each
-    model's own TRF, which grows with the kernel. Outside its TRF a map is zero, so padding it is exact.
-    """
-    h, w = raw.shape
-    if h > frame or w > frame:
-        raise ValueError(f"frame {frame} is smaller than the map {raw.shape}; raise LawSettings.frame")
-    data = np.zeros((frame, frame))
-    top, left = frame // 2 - h // 2, frame // 2 - w // 2
-    data[top : top + h, left : left + w] = raw
-    data = np.log10(data + 1.0)
-    data = data / data.max()
-    total, centre = data.sum(), frame // 2
-    ratios = {}
-    for t in AREA_THRESHOLDS:
-        side = frame
-        for i in range(1, frame // 2 + 1):
-            square = data[max(centre - i, 0) : centre + i + 1, max(centre - i, 0) : centre + i + 1]
-            if square.sum() / total > t:
-                side = min(2 * i + 1, frame)
-                break
-        ratios[t] = side * side / (frame * frame)
-    return ratios
-
-
 def kernel_rows(base: Mapping[str, Any], settings: LawSettings) -> pd.DataFrame:
     """ERF std and area ratios against the depthwise kernel size at a fixed depth (one stage, no pooling)."""
     rows = []
@@ -229,7 +208,7 @@ def kernel_rows(base: Mapping[str, Any], settings: LawSettings) -> pd.DataFrame:
             "pool": "none",
         }
         erf = network_erf(spec, settings)
-        ratios = area_ratios_in_frame(erf.raw, settings.frame)
+        ratios = area_ratios(erf.raw, settings.frame)
         rows.append(
             {
                 "kernel_size": k,
@@ -459,14 +438,13 @@ def laws_table(
 ) -> pd.DataFrame:
     """Every measured law beside the paper's statement, with a computed verdict."""
     laws: list[Law] = []
+    std_fits, ratio_fits = stack_fits(stacks, "erf_std"), stack_fits(stacks, "erf_trf_ratio")
     for kind in STACK_KINDS:
-        rows = stacks[stacks["kind"] == kind.name]
-        fit = fit_power_law(rows["depth"], rows["erf_std"])
+        fit = std_fits[kind.name]
         tolerance = UNIFORM_TOLERANCE if kind.weights == "uniform" else CLOSE_TOLERANCE
         laws.append(_exponent_law(f"ERF std vs depth: {kind.name} stack", kind.statement, fit, SQRT_LAW, tolerance))
     for kind in STACK_KINDS:
-        rows = stacks[stacks["kind"] == kind.name]
-        fit = fit_power_law(rows["depth"], rows["erf_trf_ratio"])
+        fit = ratio_fits[kind.name]
         law = _exponent_law(f"ERF/TRF vs depth: {kind.name} stack", "ERF/TRF falls like n^-0.5", fit, -SQRT_LAW)
         laws.append(law)
     for stage, fit in base_fits.items():
@@ -538,98 +516,7 @@ def laws_table(
 
 
 # --------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def depth_figure(stacks: pd.DataFrame, residual: pd.DataFrame, path: str | Path) -> None:
-    """ERF std vs depth (log-log, fits), ERF/TRF vs depth with the n^-0.5 reference, plain vs residual."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
-    for kind in STACK_KINDS:
-        rows = stacks[stacks["kind"] == kind.name]
-        fit = fit_power_law(rows["depth"], rows["erf_std"])
-        (line,) = axes[0].plot(rows["depth"], rows["erf_std"], "o", label=f"{kind.name}: alpha {fit.exponent:.3f}")
-        axes[0].plot(rows["depth"], fit.prefactor * rows["depth"] ** fit.exponent, "-", color=line.get_color())
-        axes[1].plot(rows["depth"], rows["erf_trf_ratio"], "o-", color=line.get_color(), label=kind.name)
-    depths = np.asarray(sorted(stacks["depth"].unique()), dtype=float)
-    first = stacks[stacks["depth"] == depths[0]]["erf_trf_ratio"].mean()
-    axes[1].plot(depths, first * np.sqrt(depths[0] / depths), "k--", label="1/sqrt(n) reference")
-    for ax, label in ((axes[0], "ERF std (pixels)"), (axes[1], "ERF size / TRF size")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("depth n (layers)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
-    axes[0].set_title("ERF growth with depth (Luo et al.: n^0.5)")
-    axes[1].set_title("ERF relative to TRF")
-    for residual_flag, rows in residual.groupby("residual"):
-        axes[2].plot(rows["blocks_per_stage"], rows["erf_std"], "o-", label="residual" if residual_flag else "plain")
-    axes[2].set_xlabel("blocks per stage")
-    axes[2].set_ylabel("ERF std at initialisation (pixels)")
-    axes[2].set_title("Plain against residual at equal depth")
-    axes[2].legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def kernel_figure(kernels: pd.DataFrame, path: str | Path) -> None:
-    """RepLKNet's area ratios and the ERF std against the depthwise kernel size."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
-    for t in AREA_THRESHOLDS:
-        axes[0].plot(kernels["kernel_size"], kernels[f"area_ratio_{round(t * 100)}"], "o-", label=f"t = {t:.0%}")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("high-contribution area ratio (common frame)")
-    axes[1].plot(kernels["kernel_size"], kernels["erf_std"], "o-")
-    axes[1].set_ylabel("ERF std (pixels)")
-    for ax in axes:
-        ax.set_xlabel("depthwise kernel size k")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Kernel size at fixed depth ({kernels['depth'].iloc[0]} separable blocks), at initialisation")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def trainability_figure(trainability: pd.DataFrame, training: pd.DataFrame, path: str | Path) -> None:
-    """Accuracy against depth (plain/residual x norm) and ERF std before and after training per variant."""
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
-    for (norm, residual), rows in trainability.groupby(["norm", "residual"]):
-        label = f"{'residual' if residual else 'plain'}, norm {norm}"
-        # Intervals clipped to the possible range [0, 1]: with two seeds the t interval is wide.
-        low, high = rows["test_acc_low"].clip(0, 1), rows["test_acc_high"].clip(0, 1)
-        error = np.vstack([rows["test_acc"] - low, high - rows["test_acc"]])
-        axes[0].errorbar(
-            rows["blocks_per_stage"],
-            rows["test_acc"] * 100,
-            yerr=np.nan_to_num(error) * 100,
-            marker="o",
-            capsize=3,
-            label=label,
-        )
-    axes[0].set_xlabel("blocks per stage")
-    axes[0].set_ylabel("test accuracy (%, 95% interval over seeds)")
-    axes[0].set_ylim(0, 100)
-    axes[0].set_title("What made depth trainable")
-    axes[0].legend(fontsize=8)
-    positions = np.arange(len(training))
-    axes[1].bar(positions - 0.2, training["erf_std_init"], 0.4, label="initialisation")
-    axes[1].bar(positions + 0.2, training["erf_std_trained"], 0.4, label="trained")
-    axes[1].set_xticks(positions, training["variant"], rotation=60, ha="right", fontsize=7)
-    axes[1].set_ylabel("ERF std (pixels)")
-    axes[1].set_title("ERF before and after training")
-    axes[1].legend(fontsize=8)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+# The study's outputs
 
 
 def study_rf_laws(
@@ -662,8 +549,10 @@ def study_rf_laws(
     trainability.merge(training, on="variant", how="outer").to_csv(
         outputs["trainability"], index=False, float_format="%.6g"
     )
-    depth_figure(stacks, residual, outputs["depth_figure"])
-    kernel_figure(kernels, outputs["kernel_figure"])
+    from cnnablate import figures  # matplotlib and seaborn: only the study draws, not the measure job's run_rf_laws
+
+    figures.rf_laws_depth_figure(stacks, stack_fits(stacks, "erf_std"), residual, outputs["depth_figure"])
+    figures.rf_laws_kernel_figure(kernels, outputs["kernel_figure"])
     if "trainability_figure" in outputs:  # only a study with a depth block asks what made depth trainable
-        trainability_figure(trainability, training, outputs["trainability_figure"])
+        figures.rf_laws_trainability_figure(trainability, training, outputs["trainability_figure"])
     return laws

@@ -39,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnablate.measure.graph import Graph
 from cnnablate.measure.macs import InputSize, evaluation, input_shape, placed
-from cnnablate.measure.receptive_field import RFLayer, RFResult, _analyse, _Graph, _pair, _rf_on
+from cnnablate.measure.receptive_field import RFLayer, RFResult, analyse, analyse_at, pair
 
 AREA_THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
@@ -111,7 +112,24 @@ def _radius(mass: np.ndarray, fraction: float) -> int:
     return next(i for i, s, _ in _square_sums(mass) if s >= fraction - 1e-12)
 
 
-def _area_ratios(raw: np.ndarray) -> dict[float, float]:
+def area_ratios(raw: np.ndarray, frame: int | None = None) -> dict[float, float]:
+    """RepLKNet's high-contribution area ratio of a raw ERF map for each t in :data:`AREA_THRESHOLDS`.
+
+    As ``erf/analyze_erf.py`` of DingXiaoH/RepLKNet-pytorch: ``log10(map + 1)`` rescaled to a maximum of
+    1; for each t, the smallest centred square of side ``2i+1`` (``i >= 1``) holding more than a fraction
+    t of the total, as its area over the map's. Without ``frame`` the map is the TRF window, so the ratio
+    is relative to the model's own TRF, which grows with the kernel. With ``frame`` the map is first
+    centred in a zero ``frame`` x ``frame`` window, the same for every model compared (RepLKNet uses the
+    whole 1024 px input); outside its TRF a map is zero, so padding it is exact.
+    """
+    if frame is not None:
+        h, w = raw.shape
+        if h > frame or w > frame:
+            raise ValueError(f"frame {frame} is smaller than the map {raw.shape}")
+        framed = np.zeros((frame, frame))
+        top, left = frame // 2 - h // 2, frame // 2 - w // 2
+        framed[top : top + h, left : left + w] = raw
+        raw = framed
     data = np.log10(raw + 1.0)
     data = data / data.max()
     total = data.sum()
@@ -130,7 +148,7 @@ def _crop(raw: np.ndarray, region: tuple[tuple[int, int], tuple[int, int]]) -> t
 
 
 def _fit_canvas(
-    graph: _Graph,
+    graph: Graph,
     trf: RFResult,
     shape: tuple[int, int, int],
     canvas: int | tuple[int, int] | None,
@@ -147,10 +165,10 @@ def _fit_canvas(
     def entry(hw: tuple[int, int]) -> RFLayer:
         if hw == image:
             return trf.at(trf.layer)
-        return _rf_on(graph, (shape[0], *hw), device, dtype, trf.layer).at(trf.layer)
+        return analyse_at(graph, (shape[0], *hw), device, dtype, trf.layer).at(trf.layer)
 
     if canvas is not None:
-        hw = _pair(canvas)
+        hw = pair(canvas)
         if hw[0] < image[0] or hw[1] < image[1]:
             raise ValueError(f"canvas {hw} is smaller than the images {image}")
         return hw, entry(hw)
@@ -207,7 +225,7 @@ def effective_rf(
             n_images, source = n_random, "random"
         else:
             raise ValueError("give either images or input_size")
-        graph, trf = _analyse(model, shape, dev, dtype, method, layer)
+        graph, trf = analyse(model, shape, dev, dtype, method, layer)
         hw, entry = _fit_canvas(graph, trf, shape, canvas, dev, dtype)
         feature = graph.feature(trf.layer)
         unit = (entry.shape[0] // 2, entry.shape[1] // 2)
@@ -250,7 +268,7 @@ def effective_rf(
         erf_size=(erf_size[0], erf_size[1]),
         erf_trf_ratio=float(np.mean([erf_size[a] / entry.size[a] for a in (0, 1)])),
         radius95=_radius(mass, 0.95),
-        area_ratio=_area_ratios(raw_map),
+        area_ratio=area_ratios(raw_map),
         n_images=n_images,
         source=source,
         seed=seed,

@@ -14,10 +14,10 @@ concatenations, any elementwise op) the field of unit 0 is the union of the inco
 keeps the start offsets consistent across branches: ``p = max p_b`` and ``r = max(r_b - p_b) + p``.
 If the branches disagree on the jump (which well-formed CNNs never do) the largest one is reported.
 
-The graph comes from ``torch.fx`` symbolic tracing when that works and otherwise from one real forward
-pass recorded with module hooks and a ``TorchFunctionMode`` ("hooks"), so models with data-dependent
-control flow are covered too. No table of known architectures is involved: torch.nn layers and torch
-functions are interpreted by what they do, shapes come from running the model once on zeros.
+The graph comes from :mod:`cnnablate.measure.graph` (``torch.fx`` symbolic tracing, else one recorded real
+forward pass); this module propagates the fields through it. No table of known architectures is involved:
+torch.nn layers and torch functions are interpreted by what they do, shapes come from running the model
+once on zeros.
 
 Conventions (shared with Araujo et al.):
 
@@ -51,17 +51,14 @@ import copy
 import functools
 import inspect
 import math
-import operator
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch import fx, nn
-from torch.overrides import TorchFunctionMode
+from torch import nn
 
+from cnnablate.measure.graph import Graph, Op, Ref, declares_window, op_name, trace
 from cnnablate.measure.macs import InputSize, evaluation, input_shape, placed
 
 Pair = tuple[int, int]
@@ -173,289 +170,6 @@ class RFResult:
 
 
 # --------------------------------------------------------------------------------------------------
-# Graph representation shared by both frontends
-
-
-@dataclass(frozen=True)
-class _Ref:
-    """Reference to the tensor output of another op."""
-
-    name: str
-
-
-@dataclass
-class _Op:
-    name: str
-    kind: str  # "input" | "const" | "module" | "function" | "method"
-    target: Any  # nn.Module, callable or method name
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    shape: torch.Size | list[torch.Size]  # a list for ops returning several tensors
-
-
-def _shape_of(value: Any) -> torch.Size | list[torch.Size] | None:
-    if isinstance(value, torch.Tensor):
-        return value.shape
-    tensors = [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
-    return [t.shape for t in tensors] if tensors else None
-
-
-def _first_tensor(value: Any) -> torch.Tensor:
-    return next(v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor))
-
-
-_WINDOW_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation")
-_TORCH_WINDOWS = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
-
-
-def _declares_window(m: nn.Module) -> bool:
-    """A module from outside torch that implements one window operation itself and says so.
-
-    It carries ``nn.Conv2d``'s geometry attributes (``kernel_size``, ``stride``, ``padding``,
-    ``dilation``) and contains no torch window layer (so it is not a block of several): e.g. a locally
-    connected layer computed with ``unfold`` and ``einsum``, whose flattened positions cannot be followed
-    through the graph. Such modules are treated as a single window with that geometry.
-    """
-    return (
-        not type(m).__module__.startswith("torch.")
-        and all(hasattr(m, a) for a in _WINDOW_ATTRIBUTES)
-        and not any(isinstance(sub, _TORCH_WINDOWS) for sub in m.modules())
-    )
-
-
-_FX_DEFAULT = fx.Tracer()
-
-
-def _is_leaf(m: nn.Module, path: str) -> bool:
-    """fx's notion of a leaf (torch.nn layers) plus self-declared windows."""
-    return _FX_DEFAULT.is_leaf_module(m, path) or _declares_window(m)
-
-
-class _ModuleOutputTracer(fx.Tracer):
-    """fx tracer that also remembers which node each module call returned."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.module_outputs: dict[str, str] = {}
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return _is_leaf(m, module_qualified_name)
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
-        path = self.path_of_module(m)
-        if path and isinstance(out, fx.Proxy):
-            self.module_outputs[path] = out.node.name
-        return out
-
-
-class _ValueRecorder(fx.Interpreter):
-    """Shape propagation that also keeps non-tensor results (sizes used in ``view``, slice bounds)."""
-
-    def __init__(self, module: fx.GraphModule) -> None:
-        super().__init__(module)
-        self.shapes: dict[str, torch.Size | list[torch.Size]] = {}
-        self.values: dict[str, Any] = {}
-
-    def run_node(self, n: fx.Node) -> Any:
-        result = super().run_node(n)
-        shape = _shape_of(result)
-        if shape is None:
-            self.values[n.name] = result
-        else:
-            self.shapes[n.name] = shape
-        return result
-
-
-_FX_KIND = {
-    "placeholder": "input",
-    "get_attr": "const",
-    "call_module": "module",
-    "call_function": "function",
-    "call_method": "method",
-}
-
-
-class _FxGraph:
-    method = "fx"
-
-    def __init__(self, model: nn.Module) -> None:
-        tracer = _ModuleOutputTracer()
-        graph = tracer.trace(model)
-        self.gm = fx.GraphModule(tracer.root, graph)
-        self.aliases = tracer.module_outputs
-
-    def run(self, x: torch.Tensor) -> tuple[list[_Op], dict[str, str]]:
-        recorder = _ValueRecorder(self.gm)
-        recorder.run(x)
-        values = recorder.values
-
-        def resolve(node: fx.Node) -> Any:
-            return values[node.name] if node.name in values else _Ref(node.name)
-
-        ops: list[_Op] = []
-        for node in self.gm.graph.nodes:
-            if node.op == "output" or node.name not in recorder.shapes:  # non-tensors are inlined as args
-                continue
-            target = self.gm.get_submodule(node.target) if node.op == "call_module" else node.target
-            args = fx.node.map_arg(node.args, resolve)
-            kwargs = fx.node.map_arg(node.kwargs, resolve)
-            ops.append(_Op(node.name, _FX_KIND[node.op], target, args, kwargs, recorder.shapes[node.name]))
-        return ops, self.aliases
-
-    def feature(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A module computing only the output of node ``name`` (for gradients of that feature map)."""
-        graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        for node in self.gm.graph.nodes:
-            if node.op == "output":
-                break
-            env[node] = graph.node_copy(node, lambda n: env[n])
-            if node.name == name:
-                graph.output(env[node])
-                truncated = fx.GraphModule(self.gm, graph)
-                return lambda x: _first_tensor(truncated(x))
-        raise KeyError(f"no node named {name!r}")
-
-
-def _op_name(target: Any) -> str:
-    name = target if isinstance(target, str) else getattr(target, "__name__", type(target).__name__)
-    return name.strip("_")
-
-
-class _Recorder(TorchFunctionMode):
-    """Record one real forward pass as ops: torch.nn layers (fx's notion of leaf) and torch functions."""
-
-    def __init__(self, model: nn.Module, capture: str | None = None) -> None:
-        super().__init__()
-        self.ops: list[_Op] = []
-        self.aliases: dict[str, str] = {}
-        self.names: dict[int, str] = {}
-        self.keep: list[torch.Tensor] = []  # keeps recorded tensors alive so that their ids stay unique
-        self.counts: dict[str, int] = {}
-        self.depth = 0
-        self.capture = capture
-        self.captured: torch.Tensor | None = None
-        self.paths = {m: p for p, m in model.named_modules()}
-
-    def _unique(self, base: str) -> str:
-        base = re.sub(r"\W", "_", base) or "op"  # identifiers, like fx's node names
-        n = self.counts.get(base, 0)
-        self.counts[base] = n + 1
-        return base if n == 0 else f"{base}_{n}"
-
-    def bind(self, tensor: torch.Tensor, name: str) -> None:
-        self.names[id(tensor)] = name
-        self.keep.append(tensor)
-        if name == self.capture:
-            self.captured = tensor
-
-    def _ref(self, value: Any) -> Any:
-        if not isinstance(value, torch.Tensor):
-            return value
-        if id(value) not in self.names:
-            name = self._unique("const")
-            self.ops.append(_Op(name, "const", None, (), {}, value.shape))
-            self.bind(value, name)
-        return _Ref(self.names[id(value)])
-
-    def record(self, kind: str, target: Any, base: str, args: Any, kwargs: Any, out: Any) -> None:
-        shape = _shape_of(out)
-        if shape is None:
-            return
-        args, kwargs = pytree.tree_map(self._ref, (tuple(args), dict(kwargs)))
-        name = self._unique(base)
-        self.ops.append(_Op(name, kind, target, args, kwargs, shape))
-        if isinstance(out, torch.Tensor):
-            self.bind(out, name)
-            return
-        for i, tensor in enumerate(t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)):
-            element = self._unique("getitem")
-            self.ops.append(_Op(element, "function", operator.getitem, (_Ref(name), i), {}, tensor.shape))
-            self.bind(tensor, element)
-
-    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self.depth == 0:
-            self.record("function", func, _op_name(func), args, kwargs, out)
-        return out
-
-    def pre_hook(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        if _is_leaf(module, self.paths.get(module, "")):
-            self.depth += 1
-
-    def post_hook(self, module: nn.Module, args: Any, kwargs: Any, out: Any) -> None:
-        path = self.paths.get(module, "")
-        if _is_leaf(module, path):
-            self.depth -= 1
-            if self.depth == 0:
-                self.record("module", module, path or type(module).__name__.lower(), args, kwargs, out)
-        if self.depth == 0 and path and isinstance(out, torch.Tensor) and id(out) in self.names:
-            self.aliases[path] = self.names[id(out)]
-
-
-class _HookGraph:
-    method = "hooks"
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def _forward(self, x: torch.Tensor, capture: str | None = None) -> _Recorder:
-        recorder = _Recorder(self.model, capture)
-        handles = []
-        for module in self.model.modules():
-            handles.append(module.register_forward_pre_hook(recorder.pre_hook, with_kwargs=True))
-            handles.append(module.register_forward_hook(recorder.post_hook, with_kwargs=True))
-        recorder.ops.append(_Op("x", "input", None, (), {}, x.shape))
-        recorder.bind(x, "x")
-        try:
-            with recorder:
-                out = self.model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
-        outputs = [t for t in pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-        if any(id(t) not in recorder.names for t in outputs):
-            raise RuntimeError("the model's output was computed by code the hook tracer cannot see")
-        return recorder
-
-    def run(self, x: torch.Tensor) -> tuple[list[_Op], dict[str, str]]:
-        recorder = self._forward(x)
-        return recorder.ops, recorder.aliases
-
-    def feature(self, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-        def compute(x: torch.Tensor) -> torch.Tensor:
-            captured = self._forward(x, capture=name).captured
-            if captured is None:
-                raise KeyError(f"no op named {name!r}")
-            return captured
-
-        return compute
-
-
-_Graph = _FxGraph | _HookGraph
-
-
-def _trace(model: nn.Module, x: torch.Tensor, method: str) -> tuple[_Graph, list[_Op], dict[str, str]]:
-    if method not in ("auto", "fx", "hooks"):
-        raise ValueError(f"method must be 'auto', 'fx' or 'hooks', got {method!r}")
-    if method != "hooks":
-        try:
-            graph: _Graph = _FxGraph(model)
-            ops, aliases = graph.run(x)
-            return graph, ops, aliases
-        except Exception:
-            # Symbolic tracing fails in many ways (data-dependent control flow, non-traceable calls);
-            # whatever the reason, one recorded real forward pass describes the same computation.
-            if method == "fx":
-                raise
-    graph = _HookGraph(model)
-    ops, aliases = graph.run(x)
-    return graph, ops, aliases
-
-
-# --------------------------------------------------------------------------------------------------
 # Field propagation
 
 
@@ -488,7 +202,8 @@ _NON_SPATIAL = _NonSpatial()
 _State = _Field | _Undefined | _NonSpatial | _Positions | None  # None: does not depend on the input at all
 
 
-def _pair(value: Any) -> Pair:
+def pair(value: Any) -> Pair:
+    """``(h, w)`` from an int or a one- or two-element sequence, as torch layers take their geometry."""
     if isinstance(value, int):
         return (value, value)
     values = tuple(int(v) for v in value)
@@ -500,10 +215,10 @@ def _conv_padding(padding: Any, kernel: Pair, dilation: Pair) -> Pair:
         return (0, 0)
     if padding == "same":  # PyTorch puts the smaller half of an odd total on the left/top
         return (dilation[0] * (kernel[0] - 1) // 2, dilation[1] * (kernel[1] - 1) // 2)
-    return _pair(padding)
+    return pair(padding)
 
 
-def _arg(op: _Op, index: int, name: str, default: Any = None) -> Any:
+def _arg(op: Op, index: int, name: str, default: Any = None) -> Any:
     return op.args[index] if len(op.args) > index else op.kwargs.get(name, default)
 
 
@@ -682,7 +397,7 @@ _SPLITS = {"split": 2, "split_with_sizes": 2, "chunk": 2, "tensor_split": 2, "un
 
 
 class _Propagator:
-    def __init__(self, ops: list[_Op]) -> None:
+    def __init__(self, ops: list[Op]) -> None:
         self.shapes = {op.name: op.shape for op in ops}
         self.states: dict[str, _State] = {}
         self.mixing: dict[str, str] = {}  # op name -> what mixes all positions there
@@ -691,14 +406,14 @@ class _Propagator:
 
     # -- helpers -------------------------------------------------------------------------------
 
-    def _inputs(self, op: _Op) -> list[_Ref]:
-        return [v for v in pytree.tree_leaves((op.args, op.kwargs)) if isinstance(v, _Ref)]
+    def _inputs(self, op: Op) -> list[Ref]:
+        return [v for v in pytree.tree_leaves((op.args, op.kwargs)) if isinstance(v, Ref)]
 
-    def _source(self, op: _Op) -> tuple[_State, torch.Size]:
+    def _source(self, op: Op) -> tuple[_State, torch.Size]:
         ref = op.args[0]
         return self.states[ref.name], _single(self.shapes[ref.name])
 
-    def _spatial_field(self, op: _Op, what: str) -> _Field | None:
+    def _spatial_field(self, op: Op, what: str) -> _Field | None:
         """The field of the op's main input if it is spatial; raises if the op needs the last two axes."""
         state, shape = self._source(op)
         if not isinstance(state, _Field):
@@ -707,11 +422,11 @@ class _Propagator:
             raise NotImplementedError(f"{op.name}: {what} on a tensor whose last two axes are not spatial")
         return state
 
-    def _window(self, op: _Op, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _State:
+    def _window(self, op: Op, kernel: Any, stride: Any, padding: Any, dilation: Any) -> _State:
         src = self._spatial_field(op, "window operation")
         if src is None:
             return self._source(op)[0]
-        k, s, d = _pair(kernel), _pair(stride), _pair(dilation)
+        k, s, d = pair(kernel), pair(stride), pair(dilation)
         q = _conv_padding(padding, k, d)
         return _Field(
             src.dims,
@@ -721,7 +436,7 @@ class _Propagator:
             src.global_context,
         )
 
-    def _adaptive(self, op: _Op) -> _State:
+    def _adaptive(self, op: Op) -> _State:
         src = self._spatial_field(op, "adaptive pooling")
         if src is None:
             return self._source(op)[0]
@@ -739,7 +454,7 @@ class _Propagator:
                 return _Undefined(f"{op.name}: adaptive pooling {n_in} -> {n_out} has unequal windows")
         return self._window(op, kernel, stride, 0, 1)
 
-    def _pad(self, op: _Op, pad: Any) -> _State:
+    def _pad(self, op: Op, pad: Any) -> _State:
         """``F.pad``: (before, after) pairs from the last axis backwards; only padding before moves the field."""
         state, shape = self._source(op)
         if not isinstance(state, _Field):
@@ -748,20 +463,20 @@ class _Propagator:
         padding = (state.padding[0] + before[0] * state.stride[0], state.padding[1] + before[1] * state.stride[1])
         return replace(state, padding=padding)
 
-    def _spatial_inputs(self, op: _Op) -> list[_Field]:
+    def _spatial_inputs(self, op: Op) -> list[_Field]:
         return [s for s in (self.states[r.name] for r in self._inputs(op)) if isinstance(s, _Field)]
 
-    def _refuse(self, op: _Op, what: str) -> _State:
+    def _refuse(self, op: Op, what: str) -> _State:
         if self._spatial_inputs(op):
             raise NotImplementedError(f"{op.name}: no receptive-field rule for {what} on spatial maps")
         return self._generic(op, may_drop=True)
 
-    def _undefined(self, op: _Op, what: str) -> _State:
+    def _undefined(self, op: Op, what: str) -> _State:
         if self._spatial_inputs(op):
             return _Undefined(f"{op.name}: {what} has no (size, stride, padding) description")
         return self._generic(op, may_drop=True)
 
-    def _dim_is_spatial(self, op: _Op, dim: Any) -> bool:
+    def _dim_is_spatial(self, op: Op, dim: Any) -> bool:
         if not isinstance(dim, int):
             return False
         for ref in self._inputs(op):
@@ -772,15 +487,15 @@ class _Propagator:
 
     def _on_positions(self, value: Any, dim: int) -> bool:
         """Whether ``value`` is a tensor holding the positions of a spatial map on axis ``dim``."""
-        if not isinstance(value, _Ref):
+        if not isinstance(value, Ref):
             return False
         state = self.states[value.name]
         return isinstance(state, _Positions) and dim % len(_single(self.shapes[value.name])) == state.dim
 
-    def _mix(self, op: _Op, what: str) -> None:
+    def _mix(self, op: Op, what: str) -> None:
         self.mixing[op.name] = what
 
-    def _sequence_module(self, op: _Op, m: nn.Module) -> _State:
+    def _sequence_module(self, op: Op, m: nn.Module) -> _State:
         """Attention or recurrence: global mixing when the sequence axis is the positions axis."""
         for ref in self._inputs(op):
             ndim = len(_single(self.shapes[ref.name]))
@@ -788,7 +503,7 @@ class _Propagator:
                 self._mix(op, type(m).__name__)
         return self._generic(op, may_drop=True)
 
-    def _product(self, op: _Op, name: str) -> _State:
+    def _product(self, op: Op, name: str) -> _State:
         """A matrix product mixes all positions when it contracts the positions axis (e.g. attention x values)."""
         left, right = (op.args[i] if len(op.args) > i else None for i in _PRODUCTS[name])
         if self._on_positions(left, -1) or self._on_positions(right, -2):
@@ -800,10 +515,10 @@ class _Propagator:
             return _Positions(out - 1)
         return self._generic(op, may_drop=True)
 
-    def _einsum(self, op: _Op) -> _State:
+    def _einsum(self, op: Op) -> _State:
         """``einsum``: mixing when an index carrying positions is summed over."""
         equation = str(op.args[0]).replace(" ", "")
-        operands = [v for v in pytree.tree_leaves(op.args[1:]) if isinstance(v, _Ref)]
+        operands = [v for v in pytree.tree_leaves(op.args[1:]) if isinstance(v, Ref)]
         if "->" not in equation or "..." in equation:
             return self._generic(op, may_drop=True)
         inputs, output = equation.split("->")
@@ -819,7 +534,7 @@ class _Propagator:
 
     # -- rules ---------------------------------------------------------------------------------
 
-    def _state(self, op: _Op) -> _State:
+    def _state(self, op: Op) -> _State:
         if op.kind == "input":
             n = len(_single(op.shape))
             return _Field((n - 2, n - 1), (1, 1), (1, 1), (0, 0))
@@ -827,9 +542,9 @@ class _Propagator:
             return None
         if op.kind == "module":
             return self._module(op, op.target)
-        return self._function(op, _op_name(op.target))
+        return self._function(op, op_name(op.target))
 
-    def _module(self, op: _Op, m: nn.Module) -> _State:
+    def _module(self, op: Op, m: nn.Module) -> _State:
         if isinstance(m, nn.Conv2d):
             return self._window(op, m.kernel_size, m.stride, m.padding, m.dilation)
         if isinstance(m, nn.MaxPool2d):
@@ -858,11 +573,11 @@ class _Propagator:
             raise NotImplementedError(f"{op.name}: a linear layer mixing a spatial axis")
         if isinstance(m, nn.Softmax | nn.LogSoftmax | nn.Softmin):
             return self._generic(op, global_context=self._dim_is_spatial(op, m.dim))
-        if _declares_window(m):
+        if declares_window(m):
             return self._window(op, m.kernel_size, m.stride, m.padding, m.dilation)
         return self._generic(op, reshape=isinstance(m, nn.Flatten | nn.Unflatten))
 
-    def _function(self, op: _Op, name: str) -> _State:
+    def _function(self, op: Op, name: str) -> _State:
         wrapped = inspect.isfunction(op.target) and op.target.__module__.split(".")[0] != "torch"
         positions = any(isinstance(self.states[r.name], _Positions) for r in self._inputs(op))
         if wrapped and (self._spatial_inputs(op) or positions):
@@ -925,7 +640,7 @@ class _Propagator:
             return self._generic(op, may_drop=True)
         return self._generic(op, may_drop=name in _REDUCTIONS, reshape=name in _RESHAPES)
 
-    def _getitem(self, op: _Op) -> _State:
+    def _getitem(self, op: Op) -> _State:
         source, index = op.args[0], op.args[1]
         state = self.states[source.name]
         if not isinstance(self.shapes[source.name], torch.Size) or not isinstance(state, _Field | _Positions):
@@ -969,7 +684,7 @@ class _Propagator:
             padding.append(state.padding[a] - start * state.stride[a])
         return replace(state, dims=tuple(dims), stride=tuple(stride), padding=tuple(padding))
 
-    def _permute(self, op: _Op) -> _State:
+    def _permute(self, op: Op) -> _State:
         state, shape = self._source(op)
         if not isinstance(state, _Field | _Positions):
             return state
@@ -981,7 +696,7 @@ class _Propagator:
             return _Positions(moved.index(state.dim + 2))
         return replace(state, dims=(moved.index(state.dims[0] + 2), moved.index(state.dims[1] + 2)))
 
-    def _generic(self, op: _Op, may_drop: bool = False, global_context: bool = False, reshape: bool = False) -> _State:
+    def _generic(self, op: Op, may_drop: bool = False, global_context: bool = False, reshape: bool = False) -> _State:
         """Elementwise / channel-wise ops and merges: union of the fields that keep their spatial axes.
 
         ``may_drop``: the op may remove the spatial axes (reductions). ``reshape``: a reshape, which may
@@ -1014,18 +729,18 @@ class _Propagator:
             elif reshape:
                 merged = {_merged(state.dims, shape, out) for out in outputs}
                 if len(merged) != 1 or None in merged:
-                    return _Undefined(f"{op.name}: {_op_name(op.target)} rearranges the spatial axes {tuple(shape)}")
+                    return _Undefined(f"{op.name}: {op_name(op.target)} rearranges the spatial axes {tuple(shape)}")
                 positions.append(merged.pop())
             elif not may_drop:
                 raise NotImplementedError(
-                    f"{op.name} ({_op_name(op.target)}): cannot follow the spatial axes {tuple(shape)} -> "
+                    f"{op.name} ({op_name(op.target)}): cannot follow the spatial axes {tuple(shape)} -> "
                     f"{[tuple(o) for o in outputs]}"
                 )
         if fields:
             return _union(fields, global_context)
         if positions:
             if global_context:
-                self._mix(op, f"{_op_name(op.target)} of a summary of all positions")
+                self._mix(op, f"{op_name(op.target)} of a summary of all positions")
             return _Positions(positions[0])
         return _NON_SPATIAL
 
@@ -1034,14 +749,14 @@ class _Propagator:
 # Entry points
 
 
-def _describe(op: _Op) -> str:
+def _describe(op: Op) -> str:
     if op.kind == "module":
         return type(op.target).__name__
-    return op.kind if op.kind in ("input", "const") else _op_name(op.target)
+    return op.kind if op.kind in ("input", "const") else op_name(op.target)
 
 
 def _summarise(
-    ops: list[_Op], aliases: dict[str, str], shape: tuple[int, int, int], method: str, layer: str | None
+    ops: list[Op], aliases: dict[str, str], shape: tuple[int, int, int], method: str, layer: str | None
 ) -> RFResult:
     propagator = _Propagator(ops)
     states = propagator.states
@@ -1110,30 +825,30 @@ def _path_of(node: str, modules: dict[str, list[str]]) -> str:
     return max(paths, key=lambda p: (p.count("."), p)) if paths else node
 
 
-def _analyse(
+def analyse(
     model: nn.Module,
     shape: tuple[int, int, int],
     device: torch.device,
     dtype: torch.dtype,
     method: str,
     layer: str | None,
-) -> tuple[_Graph, RFResult]:
+) -> tuple[Graph, RFResult]:
     """Trace ``model`` (already in eval mode on ``device``) and summarise its fields at ``shape``."""
     x = torch.zeros((1, *shape), device=device, dtype=dtype)
     with torch.no_grad():
-        graph, ops, aliases = _trace(model, x, method)
+        graph, ops, aliases = trace(model, x, method)
         if method == "auto" and graph.method == "fx":
             try:
                 return graph, _summarise(ops, aliases, shape, graph.method, layer)
             except NotImplementedError:
                 # An op the fx graph shows only from outside (a function wrapped with torch.fx.wrap): the
                 # hook frontend records the torch calls inside it.
-                graph, ops, aliases = _trace(model, x, "hooks")
+                graph, ops, aliases = trace(model, x, "hooks")
     return graph, _summarise(ops, aliases, shape, graph.method, layer)
 
 
-def _rf_on(
-    graph: _Graph, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype, layer: str
+def analyse_at(
+    graph: Graph, shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype, layer: str
 ) -> RFResult:
     """Re-run an existing trace at another input size."""
     with torch.no_grad():
@@ -1164,7 +879,7 @@ def theoretical_rf(
     """
     shape = input_shape(input_size)
     with evaluation(model), placed(model, device) as (dev, dtype):
-        return _analyse(model, shape, dev, dtype, method, layer)[1]
+        return analyse(model, shape, dev, dtype, method, layer)[1]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1190,7 +905,7 @@ def _linear_substitute(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
         return nn.Identity()
     if isinstance(module, nn.MaxPool2d):
-        if _pair(module.dilation) != (1, 1):
+        if pair(module.dilation) != (1, 1):
             raise NotImplementedError("dilated max pooling has no average-pooling equivalent")
         return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
     if isinstance(module, nn.AdaptiveMaxPool2d):
