@@ -3,7 +3,7 @@
 ``local`` has exactly the conv network's geometry (kernel, dilation, padding, stride, pooling, norm) but a
 separate filter at every output position: locality without weight sharing.
 
-Spatial networks are named like torchvision's, so analyses find layers by name:
+Spatial networks (:class:`SpatialNet`) are named like torchvision's, so analyses find layers by name:
 ``stages.<i>.pool`` (downsampling before stage i > 0), ``stages.<i>.blocks.<j>.conv`` / ``.norm`` / ``.act``
 (``.shortcut`` and ``.skip_gain`` in residual blocks) and ``head.pool`` / ``head.flatten`` / ``head.fc``.
 There is no separate stem: the first block of stage 0 reads the image, so ``blocks_per_stage`` counts
@@ -195,7 +195,7 @@ class SpatialNet(nn.Module):
 
     def _make_stage(self, index: int, channels: int, width: int, size: int) -> tuple[nn.Sequential, int]:
         """Stage ``index`` (``pool`` before every stage but the first, then ``blocks``) and its output side."""
-        spec = self.spec
+        spec, k = self.spec, self.spec["kernel_size"]
         parts: OrderedDict[str, nn.Module] = OrderedDict()
         if index > 0 and spec["pool"] in POOLING:
             parts["pool"] = POOLING[spec["pool"]](2)
@@ -205,7 +205,7 @@ class SpatialNet(nn.Module):
             stride = 2 if index > 0 and position == 0 and spec["pool"] == "stride" else 1
             after_act = index > 0 or position > 0  # every block but the first reads an activation
             blocks.append(self._make_block(channels, width, stride, size, after_act=after_act))
-            channels, size = width, output_size(size, spec["kernel_size"], stride, *self._window(spec["kernel_size"]))
+            channels, size = width, output_size(size, k, stride, *self._window(k))
         parts["blocks"] = nn.Sequential(*blocks)
         return nn.Sequential(parts), size
 
