@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
 from torch import nn
 
-from cnnablate.config import validate_config
-from cnnablate.models import LocallyConnected2d, block_outputs, build_model
+from cnnablate.config import ConfigError, load_schema, validate_config
+from cnnablate.models import ACTIVATIONS, NORMS, POOLING, LocallyConnected2d, block_outputs, build_model
 from conftest import tiny_config
 
 BASE = validate_config(tiny_config())["base"]
@@ -39,7 +40,8 @@ def block_shapes(model: nn.Module, x: torch.Tensor) -> list[torch.Size]:
 def test_every_combination_builds_and_runs(arch: str, pool: str, norm: str) -> None:
     model = build_model({**BASE, "arch": arch, "pool": pool, "norm": norm}, num_classes=7)
     out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all(), "non-finite logits"
 
 
 @pytest.mark.parametrize(("kernel_size", "dilation", "activation"), [(1, 1, "relu"), (5, 2, "gelu"), (7, 4, "silu")])
@@ -94,18 +96,50 @@ def test_fc_is_an_mlp_on_pixels() -> None:
 @pytest.mark.parametrize("arch", ["fc", "local", "conv"])
 def test_dropout_zero_adds_no_layer_and_a_rate_adds_named_layers(arch: str) -> None:
     torch.manual_seed(0)
-    without = build_model({k: v for k, v in {**BASE, "arch": arch}.items() if k != "dropout"}, num_classes=7)
-    torch.manual_seed(0)
     zero = build_model({**BASE, "arch": arch, "dropout": 0.0}, num_classes=7)
-    assert str(zero) == str(without)
-    assert all(
-        torch.equal(a, b) for a, b in zip(zero.state_dict().values(), without.state_dict().values(), strict=True)
-    )
+    torch.manual_seed(0)
     dropped = build_model({**BASE, "arch": arch, "dropout": 0.5}, num_classes=7)
+    assert not any(isinstance(module, nn.Dropout) for module in zero.modules())
+    # Dropout has no parameters and draws nothing at build: the neutral value is the same model without the layers.
+    for (name, value), (other, dropped_value) in zip(
+        zero.state_dict().items(), dropped.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, dropped_value), name
+        if arch != "fc":  # the mlp's Sequential indices shift by its dropout layers
+            assert name == other
     names = [name for name, module in dropped.named_modules() if isinstance(module, nn.Dropout)]
-    assert names and all(module.p == 0.5 for module in dropped.modules() if isinstance(module, nn.Dropout))
+    assert names, "no dropout layer at p = 0.5"
+    assert [dropped.get_submodule(name).p for name in names] == [0.5] * len(names)
     if arch != "fc":  # the analyses find blocks by name: the dropout sits beside act in every block
         assert names == [name.replace(".act", ".dropout") for name in block_outputs(dropped)]
     dropped.eval()
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(dropped(x), dropped(x))  # identity at evaluation
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"arch": "transformer"}, "arch: 'transformer' is not allowed; allowed values: fc, local, conv"),
+        ({"norm": "weight"}, "norm: 'weight' is not allowed; allowed values: none, batch, layer, group, instance, nf"),
+        ({"block": "depthwise"}, "block: 'depthwise' is not allowed; allowed values: auto, dense, separable"),
+        ({"kernel_size": 4}, "kernel_size: 4 is not allowed; expected: Kernel size, an odd integer >= 1"),
+        ({"arch": "local", "block": "separable"}, "block: separable needs arch conv"),
+    ],
+)
+def test_a_bad_spec_names_the_key_and_the_schemas_allowed_values(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_model({**BASE, **change}, 10)
+
+
+def test_an_incomplete_spec_names_every_missing_key() -> None:
+    recorded_before_the_new_axes = {key: value for key, value in BASE.items() if key not in ("residual", "block")}
+    with pytest.raises(ConfigError, match="residual: required, but missing; block: required, but missing"):
+        build_model(recorded_before_the_new_axes, 10)
+
+
+@pytest.mark.parametrize(("axis", "table"), [("activation", ACTIVATIONS), ("norm", NORMS), ("pool", POOLING)])
+def test_the_models_tables_build_every_value_the_schema_allows(axis: str, table: dict) -> None:
+    allowed = set(load_schema()["$defs"]["model"]["properties"][axis]["enum"])
+    downsampling_without_a_layer = {"stride", "none"} if axis == "pool" else set()
+    assert set(table) | downsampling_without_a_layer == allowed

@@ -3,7 +3,7 @@
 ``local`` has exactly the conv network's geometry (kernel, dilation, padding, stride, pooling, norm) but a
 separate filter at every output position: locality without weight sharing.
 
-Spatial networks are named like torchvision's, so analyses find layers by name:
+Spatial networks (:class:`SpatialNet`) are named like torchvision's, so analyses find layers by name:
 ``stages.<i>.pool`` (downsampling before stage i > 0), ``stages.<i>.blocks.<j>.conv`` / ``.norm`` / ``.act``
 (``.shortcut`` and ``.skip_gain`` in residual blocks) and ``head.pool`` / ``head.flatten`` / ``head.fc``.
 There is no separate stem: the first block of stage 0 reads the image, so ``blocks_per_stage`` counts
@@ -49,7 +49,7 @@ class LocallyConnected2d(nn.Module):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.out_size = tuple((n + 2 * padding - dilation * (kernel_size - 1) - 1) // stride + 1 for n in in_size)
+        self.out_size = tuple(output_size(n, kernel_size, stride, padding, dilation) for n in in_size)
         positions = self.out_size[0] * self.out_size[1]
         fan_in = in_channels * kernel_size * kernel_size
         bound = 1.0 / math.sqrt(fan_in)  # the same scale nn.Conv2d's default init gives
@@ -149,19 +149,20 @@ class Block(nn.Module):
         return self.dropout(out) if hasattr(self, "dropout") else out
 
 
-def make_norm(kind: str, channels: int, groups: int) -> nn.Module:
-    """The normalisation layer after a convolution ('layer' normalises over C, H, W as GroupNorm(1))."""
-    if kind == "batch":
-        return nn.BatchNorm2d(channels)
-    if kind == "layer":
-        return nn.GroupNorm(1, channels)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(groups, channels), channels)
-    if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    if kind in ("none", "nf"):
-        return nn.Identity()
-    raise ValueError(f"norm: unknown value {kind!r}; allowed values: none, batch, layer, group, instance, nf")
+NORMS: dict[str, Callable[[int, int], nn.Module]] = {  # kind -> (channels, groups) -> the layer after a conv
+    "none": lambda channels, groups: nn.Identity(),
+    "batch": lambda channels, groups: nn.BatchNorm2d(channels),
+    "layer": lambda channels, groups: nn.GroupNorm(1, channels),  # normalises over C, H, W
+    "group": lambda channels, groups: nn.GroupNorm(math.gcd(groups, channels), channels),
+    "instance": lambda channels, groups: nn.InstanceNorm2d(channels, affine=True),
+    "nf": lambda channels, groups: nn.Identity(),  # scaled weight standardisation in the conv instead
+}
+POOLING: dict[str, Callable[[int], nn.Module]] = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}  # 2x2, between stages
+
+
+def output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
+    """The side of a convolution's or pooling window's output (the formula of ``nn.Conv2d``'s docs)."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def scaled_widths(spec: Mapping[str, Any], key: str) -> list[int]:
@@ -169,29 +170,82 @@ def scaled_widths(spec: Mapping[str, Any], key: str) -> list[int]:
     return [max(1, round(w * spec["width"])) for w in spec[key]]
 
 
-def block_type(spec: Mapping[str, Any]) -> str:
-    """'dense' or 'separable': the spec's ``block``, with ``auto`` resolved (separable for conv with k > 7)."""
-    block, k = spec["block"], spec["kernel_size"]
-    if block not in ("auto", "dense", "separable"):
-        raise ValueError(f"block: unknown value {block!r}; allowed values: auto, dense, separable")
-    if block == "auto":
-        return "separable" if spec["arch"] == "conv" and k > LARGEST_DENSE_DEFAULT else "dense"
-    if block == "separable" and spec["arch"] != "conv":
-        raise ValueError(
-            f"block: separable needs arch conv (a depthwise layer shares weights), got arch {spec['arch']!r}"
+class SpatialNet(nn.Module):
+    """The conv and local networks: ``stages`` of :class:`Block` with downsampling between stages, then ``head``
+    (global average pooling and a linear classifier), laid out like torchvision's ``ResNet``."""
+
+    def __init__(self, spec: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int) -> None:
+        super().__init__()
+        self.spec = dict(spec)
+        auto = "separable" if spec["arch"] == "conv" and spec["kernel_size"] > LARGEST_DENSE_DEFAULT else "dense"
+        self.separable = (auto if spec["block"] == "auto" else spec["block"]) == "separable"
+        stages = []
+        channels, size = in_channels, image_size
+        for index, width in enumerate(scaled_widths(spec, "widths")):
+            stage, size = self._make_stage(index, channels, width, size)
+            stages.append(stage)
+            channels = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
         )
-    return block
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(x))
 
-class _Layers:
-    """Builds the convolutions of one spatial network: arch, block type, norm and activation decide their kind."""
+    def _make_stage(self, index: int, channels: int, width: int, size: int) -> tuple[nn.Sequential, int]:
+        """Stage ``index`` (``pool`` before every stage but the first, then ``blocks``) and its output side."""
+        spec, k = self.spec, self.spec["kernel_size"]
+        parts: OrderedDict[str, nn.Module] = OrderedDict()
+        if index > 0 and spec["pool"] in POOLING:
+            parts["pool"] = POOLING[spec["pool"]](2)
+            size = output_size(size, 2, stride=2)
+        blocks = []
+        for position in range(spec["blocks_per_stage"]):
+            stride = 2 if index > 0 and position == 0 and spec["pool"] == "stride" else 1
+            after_act = index > 0 or position > 0  # every block but the first reads an activation
+            blocks.append(self._make_block(channels, width, stride, size, after_act=after_act))
+            channels, size = width, output_size(size, k, stride, *self._window(k))
+        parts["blocks"] = nn.Sequential(*blocks)
+        return nn.Sequential(parts), size
 
-    def __init__(self, spec: Mapping[str, Any]) -> None:
-        self.spec = spec
-        self.block = block_type(spec)
-        self.gamma = NF_GAMMA[spec["activation"]]
+    def _make_block(self, in_ch: int, out_ch: int, stride: int, size: int, *, after_act: bool) -> Block:
+        """One block; with ``residual``, a 1x1 projection (+ norm) shortcut where channels or stride change."""
+        spec = self.spec
+        conv = self._spatial(in_ch, out_ch, stride, size, after_act=after_act)
+        shortcut: nn.Module | None = None
+        if spec["residual"]:
+            shortcut = nn.Identity()
+            if in_ch != out_ch or stride != 1:
+                projection = self._conv(in_ch, out_ch, 1, stride, size, after_act=after_act)
+                shortcut = nn.Sequential(OrderedDict(conv=projection, norm=self._norm(out_ch)))
+        return Block(
+            conv,
+            self._norm(out_ch),
+            ACTIVATIONS[spec["activation"]](),
+            shortcut,
+            skip_init=spec["norm"] in ("none", "nf"),
+            dropout=spec["dropout"],
+        )
 
-    def conv(
+    def _norm(self, channels: int) -> nn.Module:
+        return NORMS[self.spec["norm"]](channels, self.spec["norm_groups"])
+
+    def _window(self, kernel: int) -> tuple[int, int]:
+        """(padding, dilation) of a kernel x kernel window: the spec's dilation, padded to keep the size."""
+        dilation = self.spec["dilation"] if kernel > 1 else 1
+        return dilation * (kernel - 1) // 2, dilation
+
+    def _spatial(self, in_ch: int, out_ch: int, stride: int, size: int, *, after_act: bool) -> nn.Module:
+        """The block's k x k layer: dense, or depthwise then pointwise."""
+        k = self.spec["kernel_size"]
+        if not self.separable:
+            return self._conv(in_ch, out_ch, k, stride, size, after_act=after_act)
+        # No depthwise bias: the pointwise layer's bias (or norm) follows at once and absorbs it.
+        depthwise = self._conv(in_ch, in_ch, k, stride, size, after_act=after_act, groups=in_ch, bias=False)
+        return SeparableConv2d(depthwise, self._conv(in_ch, out_ch, 1, 1, size, after_act=False))
+
+    def _conv(
         self,
         in_ch: int,
         out_ch: int,
@@ -205,73 +259,15 @@ class _Layers:
     ) -> nn.Module:
         """One (dense or depthwise) convolution; by default biased only where no norm layer follows (none, nf)."""
         spec = self.spec
-        dilation = spec["dilation"] if kernel > 1 else 1
-        padding = dilation * (kernel - 1) // 2
+        padding, dilation = self._window(kernel)
         if spec["arch"] == "local":
             return LocallyConnected2d(in_ch, out_ch, (size, size), kernel, stride, padding, dilation)
         geometry = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
         bias = spec["norm"] in ("none", "nf") if bias is None else bias
         if spec["norm"] == "nf":
-            return ScaledStdConv2d(in_ch, out_ch, kernel, bias=bias, gamma=self.gamma if after_act else 1.0, **geometry)
+            gamma = NF_GAMMA[spec["activation"]] if after_act else 1.0
+            return ScaledStdConv2d(in_ch, out_ch, kernel, bias=bias, gamma=gamma, **geometry)
         return nn.Conv2d(in_ch, out_ch, kernel, bias=bias, **geometry)
-
-    def spatial(self, in_ch: int, out_ch: int, stride: int, size: int, *, after_act: bool) -> nn.Module:
-        """The block's k x k layer: dense, or depthwise then pointwise."""
-        k = self.spec["kernel_size"]
-        if self.block == "dense":
-            return self.conv(in_ch, out_ch, k, stride, size, after_act=after_act)
-        # No depthwise bias: the pointwise layer's bias (or norm) follows at once and absorbs it.
-        depthwise = self.conv(in_ch, in_ch, k, stride, size, after_act=after_act, groups=in_ch, bias=False)
-        return SeparableConv2d(depthwise, self.conv(in_ch, out_ch, 1, 1, size, after_act=False))
-
-
-def build_spatial_network(
-    spec: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int
-) -> nn.Sequential:
-    """Stages of blocks (see :class:`Block`), downsampling between stages, then global pooling and a linear head."""
-    if spec["kernel_size"] % 2 == 0:
-        raise ValueError(f"kernel_size: {spec['kernel_size']} is even; allowed values: odd integers >= 1")
-    layers = _Layers(spec)
-    k, d = spec["kernel_size"], spec["dilation"]
-    padding = d * (k - 1) // 2
-    channels, size = in_channels, image_size
-    stages = []
-    for stage, width in enumerate(scaled_widths(spec, "widths")):
-        parts: OrderedDict[str, nn.Module] = OrderedDict()
-        if stage > 0 and spec["pool"] in ("max", "avg"):
-            parts["pool"] = nn.MaxPool2d(2) if spec["pool"] == "max" else nn.AvgPool2d(2)
-            size //= 2
-        blocks = []
-        for index in range(spec["blocks_per_stage"]):
-            stride = 2 if (stage > 0 and index == 0 and spec["pool"] == "stride") else 1
-            after_act = not (stage == 0 and index == 0)  # every block but the first reads an activation
-            conv = layers.spatial(channels, width, stride, size, after_act=after_act)
-            out_size = (size + 2 * padding - d * (k - 1) - 1) // stride + 1
-            shortcut = None
-            if spec["residual"]:
-                shortcut = nn.Identity()
-                if channels != width or stride != 1:
-                    projection = layers.conv(channels, width, 1, stride, size, after_act=after_act)
-                    shortcut = nn.Sequential(
-                        OrderedDict(conv=projection, norm=make_norm(spec["norm"], width, spec["norm_groups"]))
-                    )
-            blocks.append(
-                Block(
-                    conv,
-                    make_norm(spec["norm"], width, spec["norm_groups"]),
-                    ACTIVATIONS[spec["activation"]](),
-                    shortcut,
-                    skip_init=spec["norm"] in ("none", "nf"),
-                    dropout=spec["dropout"],
-                )
-            )
-            channels, size = width, out_size
-        parts["blocks"] = nn.Sequential(*blocks)
-        stages.append(nn.Sequential(parts))
-    head = nn.Sequential(
-        OrderedDict(pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(), fc=nn.Linear(channels, num_classes))
-    )
-    return nn.Sequential(OrderedDict(stages=nn.Sequential(*stages), head=head))
 
 
 def build_mlp(spec: Mapping[str, Any], num_classes: int, in_channels: int, image_size: int) -> nn.Sequential:
@@ -321,27 +317,37 @@ def kaiming_init(model: nn.Module) -> None:
             module.bias.zero_()
 
 
-def build_model(spec: Mapping[str, Any], num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """Build the network a variant spec describes (see the model schema for every key).
+def check_spec(spec: Mapping[str, Any]) -> None:
+    """Refuse a spec the schema's ``$defs/model`` does not allow, or one that lacks a key, in ``validate_config``'s
+    words (each key with its allowed values); and the one rule across keys the per-key schema cannot state."""
+    import jsonschema
 
-    Keys missing from ``spec`` (a run recorded before an axis existed) take their schema defaults.
-    """
-    spec = {**model_defaults(), **spec}
+    from cnnablate.config import ConfigError, load_schema
+    from cnnablate.config import _describe as describe_error
+
+    model = load_schema()["$defs"]["model"]
+    complete = {**model, "required": list(model["properties"])}
+    errors = sorted(
+        jsonschema.Draft202012Validator(complete).iter_errors(dict(spec)), key=lambda e: list(map(str, e.absolute_path))
+    )
+    if errors:
+        raise ConfigError("; ".join(describe_error(e) for e in errors))
+    if spec["block"] == "separable" and spec["arch"] != "conv":
+        raise ConfigError(
+            f"block: separable needs arch conv (a depthwise layer shares weights), got arch {spec['arch']!r}"
+        )
+
+
+def build_model(spec: Mapping[str, Any], num_classes: int, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+    """Build the network a complete variant spec describes (a validated config fills every default in; see the
+    model schema for every key)."""
+    check_spec(spec)
     if spec["arch"] == "fc":
-        model = build_mlp(spec, num_classes, in_channels, image_size)
-    elif spec["arch"] in ("conv", "local"):
-        model = build_spatial_network(spec, num_classes, in_channels, image_size)
+        model: nn.Module = build_mlp(spec, num_classes, in_channels, image_size)
     else:
-        raise ValueError(f"arch: unknown value {spec['arch']!r}; allowed values: fc, local, conv")
+        model = SpatialNet(spec, num_classes, in_channels, image_size)
     kaiming_init(model)
     return model
-
-
-def model_defaults() -> dict[str, Any]:
-    """Every model axis with its schema default."""
-    from cnnablate.config import load_schema
-
-    return {axis: s["default"] for axis, s in load_schema()["$defs"]["model"]["properties"].items()}
 
 
 def agc_parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
