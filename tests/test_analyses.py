@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from cnnablate.config import model_axes
+from cnnablate.config import model_axes, validate_config
 from cnnablate.data import ArrayDataset, make_synthetic, split_validation
 from cnnablate.interpret import interpret_run
 from cnnablate.loader import DeviceDataset
@@ -23,6 +23,7 @@ from cnnablate.shift import DIRECTIONS, translate
 from cnnablate.shift import shift_robustness as shifted_accuracy
 from cnnablate.train import train
 from cnnablate.workflow_jobs import shift_robustness
+from conftest import tiny_config
 from test_train import make_job
 from test_workflow_jobs import run_job
 
@@ -122,7 +123,7 @@ def _shift_by_definition(model: torch.nn.Module, data: DeviceDataset, shifts: li
 @pytest.mark.parametrize("forward_batch", [9, 50, 4096])
 def test_all_shifts_in_one_forward_pass_give_the_definitions_numbers(forward_batch: int) -> None:
     arrays = make_synthetic(64, 101, contrast=1.0, seed=0)  # 101 images: the last batch is a partial one
-    model = build_for_dataset({"arch": "conv", "widths": [4, 8], "blocks_per_stage": 1}, arrays, seed=0).eval()
+    model = build_for_dataset(validate_config(tiny_config())["base"], arrays, seed=0).eval()
     data = DeviceDataset(arrays.x_test, arrays.y_test, torch.device("cpu"))
     shifts = [0, 1, 3, 40]  # 40: beyond the 32-pixel image, a black picture
     expected = _shift_by_definition(model, data, shifts)

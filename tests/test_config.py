@@ -210,3 +210,12 @@ def test_snakemake_rejects_bad_config_before_any_job(tmp_path) -> None:
     assert errors == ["config error: base.kernel_size: 4 is not allowed; expected: " + errors[0].split("expected: ")[1]]
     assert "File " not in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_a_spec_saved_before_a_neutral_axis_existed_gets_the_neutral_value_back() -> None:
+    from cnnablate.config import with_neutral
+
+    spec = validate_config(tiny_config())["base"]
+    older = {key: value for key, value in spec.items() if key != "dropout"}
+    assert with_neutral("model", older) == spec
+    assert with_neutral("model", {**spec, "dropout": 0.3})["dropout"] == 0.3  # a value it has stays

@@ -88,6 +88,12 @@ def _neutral(section: str) -> dict[str, Any]:
     return {key: s["neutral"] for key, s in _section_properties(section).items() if "neutral" in s}
 
 
+def with_neutral(section: str, value: Mapping[str, Any]) -> dict[str, Any]:
+    """``value`` with every neutral key it lacks put back: a spec saved before a neutral axis existed (a run
+    that adding the axis rightly did not retrain) builds the same model today."""
+    return {**_neutral(section), **value}
+
+
 def _without_neutral(section: str, value: Mapping[str, Any]) -> dict[str, Any]:
     neutral = _neutral(section)
     return {key: item for key, item in value.items() if key not in neutral or item != neutral[key]}
@@ -109,7 +115,7 @@ def restore_job_params(params: Any, **sections: str) -> None:
     before it reads them (``restore_job_params(smk.params, spec="model", recipe="train")``).
     """
     for name, section in sections.items():
-        setattr(params, name, canonical({**_neutral(section), **json.loads(getattr(params, name))}))
+        setattr(params, name, canonical(with_neutral(section, json.loads(getattr(params, name)))))
 
 
 # sections of a whole study config whose neutral keys study_param leaves out: the config key -> its schema section
@@ -127,7 +133,7 @@ def restore_study_param(text: str) -> dict[str, Any]:
     """The config :func:`study_param` encoded, neutral keys put back."""
     config = json.loads(text)
     for key, section in STUDY_SECTIONS.items():
-        config[key] = {**_neutral(section), **config[key]}
+        config[key] = with_neutral(section, config[key])
     return config
 
 
@@ -188,7 +194,7 @@ def closest_key(path: str, key: str, allowed: list[str]) -> str | None:
     return next((dotted for dotted, k in others.items() if close and k == close[0]), None)
 
 
-def _describe(error: Any) -> str:
+def describe_error(error: Any) -> str:
     """One readable phrase: the key path, what is wrong, and what is allowed (once)."""
     path = ".".join(str(part) for part in error.absolute_path) or "<top level>"
     schema = error.schema if isinstance(error.schema, dict) else {}
@@ -224,7 +230,7 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     validator = _with_defaults(jsonschema.Draft202012Validator)(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        raise ConfigError("; ".join(_describe(e) for e in errors))
+        raise ConfigError("; ".join(describe_error(e) for e in errors))
     _resolve_model_defaults(instance, schema)
     if instance["data"]["dataset"] == "npz":
         if "path" not in instance["data"]:

@@ -322,8 +322,7 @@ def check_spec(spec: Mapping[str, Any]) -> None:
     words (each key with its allowed values); and the one rule across keys the per-key schema cannot state."""
     import jsonschema
 
-    from cnnablate.config import ConfigError, load_schema
-    from cnnablate.config import _describe as describe_error
+    from cnnablate.config import ConfigError, describe_error, load_schema
 
     model = load_schema()["$defs"]["model"]
     complete = {**model, "required": list(model["properties"])}

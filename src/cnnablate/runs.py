@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnablate.config import with_neutral
 from cnnablate.data import ArrayDataset, load_prepared
 from cnnablate.loader import DeviceDataset
 from cnnablate.models import build_model
@@ -43,7 +44,7 @@ def load_run(run_dir: str | Path, dataset: str | Path, device: torch.device | st
     run_dir = Path(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     arrays = load_prepared(dataset)
-    model = build_for_dataset(metrics["spec"], arrays, metrics["seed"])
+    model = build_for_dataset(with_neutral("model", metrics["spec"]), arrays, metrics["seed"])
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     model = model.to(device).eval()
     train = DeviceDataset(arrays.x_train, arrays.y_train, torch.device(device))
