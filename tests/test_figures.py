@@ -100,7 +100,7 @@ def test_the_counter_sees_crowded_tick_labels() -> None:
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0.05, 0.8], [1, 2])
     ax.set_xscale("log")  # less than two decades: matplotlib labels the minor ticks 2x10^-1, 3x10^-1, ...
-    assert any("times10" in a and "times10" in b for a, b in overlapping_pairs(fig))
+    assert any("times10" in a and "times10" in b for a, b in overlapping_pairs(fig)), overlapping_pairs(fig)
     plt.close(fig)
 
 

@@ -94,7 +94,7 @@ def test_training_computes_in_bf16_on_channels_last_weights(tmp_path, monkeypatc
     assert any(call.layer == "Linear" for call in calls)
     assert {call.device_type for call in calls} == {device}
     assert {call.output_dtype for call in calls} == {torch.bfloat16}
-    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions)
+    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions), convolutions
 
 
 def test_the_optimizer_step_runs_foreach_kernels_and_no_torch_optim(tmp_path, monkeypatch, device) -> None:

@@ -123,7 +123,9 @@ def test_tiny_study_is_tracked_by_the_authenticated_server(server: str, tmp_path
     assert sorted(r.data.tags["cnnablate.job_key"] for r in jobs) == sorted(
         f"{study}/{p.parent.parent.name}/{p.parent.name}" for p in metrics
     )
-    assert all(run.info.status == "FINISHED" and "measures.params" in run.data.metrics for run in jobs)
+    assert all(run.info.status == "FINISHED" and "measures.params" in run.data.metrics for run in jobs), [
+        (run.info.status, "measures.params" in run.data.metrics) for run in jobs
+    ]
     assert parent.info.status == "FINISHED"
     assert "test_acc_mean.base" in parent.data.metrics
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "study")}

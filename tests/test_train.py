@@ -359,7 +359,7 @@ def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:
     assert convolutions, "no Conv2d call was recorded"
     assert any(call.layer == "Linear" for call in calls)
     assert {call.output_dtype for call in calls} == {torch.bfloat16}
-    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions)
+    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions), convolutions
 
 
 def test_crop_and_flip_together_give_a_mirrored_or_plain_window() -> None:
