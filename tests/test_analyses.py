@@ -53,8 +53,10 @@ def test_a_diverged_run_is_measured_without_inventing_numbers(tmp_path) -> None:
     train(job)
     _diverge(job.run_dir)
     result = measure_run(load_run(job.run_dir, job.dataset), _outputs(job.run_dir), erf_images=4, erf_canvas=None)
-    assert result["trf"]["size"] and result["erf_init"] is not None
-    assert result["erf"] is None and result["edge_match_trained"] is None
+    assert result["trf"]["size"]
+    assert result["erf_init"] is not None
+    assert result["erf"] is None
+    assert result["edge_match_trained"] is None
     assert all("erf_std_trained" not in row for row in result["erf_by_depth"])
     smk = SimpleNamespace(
         input=SimpleNamespace(metrics=str(job.run_dir / "metrics.json"), data=str(job.dataset)),
@@ -101,7 +103,8 @@ def test_summary_keeps_columns_that_are_empty_for_every_run() -> None:
     for axis in model_axes():
         results[axis] = "x"
     summary = summarize(results)
-    assert np.isnan(summary.loc[0, "erf_trf_ratio_trained_mean"]) and summary.loc[0, "params_mean"] == 10
+    assert np.isnan(summary.loc[0, "erf_trf_ratio_trained_mean"])
+    assert summary.loc[0, "params_mean"] == 10
 
 
 def _shift_by_definition(model: torch.nn.Module, data: DeviceDataset, shifts: list[int]) -> dict[str, float]:
@@ -197,6 +200,8 @@ def test_analysis_jobs_use_snakemakes_threads_and_import_only_what_their_work_ne
     assert not [module for module in NOT_BEFORE_WORK[name] if f"'{module}'" in first_work], first_work
     assert not [module for module in NOT_AT_EXIT[name] if f"'{module}'" in at_exit], at_exit
     log = (tmp_path / "job.log").read_text()
-    assert "torch uses 2 thread(s)" in log and "analysis on cpu" in log
+    assert "torch uses 2 thread(s)" in log
+    assert "analysis on cpu" in log
     timings = json.loads(log.split("analysis timings ", 1)[1].splitlines()[0])
-    assert set(timings) == {"cuda_init", "data", "work"} and all(value >= 0 for value in timings.values())
+    assert set(timings) == {"cuda_init", "data", "work"}
+    assert all(value >= 0 for value in timings.values())

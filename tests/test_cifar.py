@@ -139,12 +139,14 @@ def test_an_official_layout_archive_reads_exact_pixels_labels_and_classes(tmp_pa
     assert sorted(p.name for p in root.iterdir()) == [built.path.name]
     loaded = read_cifar(dataset, root)
 
-    assert loaded.x_train.shape == (len(built.y_train), 32, 32, 3) and loaded.x_train.dtype == np.uint8
+    assert loaded.x_train.shape == (len(built.y_train), 32, 32, 3)
+    assert loaded.x_train.dtype == np.uint8
     np.testing.assert_array_equal(loaded.x_train, built.x_train)
     np.testing.assert_array_equal(loaded.x_test, built.x_test)
     np.testing.assert_array_equal(loaded.y_train, built.y_train)
     np.testing.assert_array_equal(loaded.y_test, built.y_test)
-    assert loaded.y_train.dtype == np.int64 and loaded.classes == built.classes
+    assert loaded.y_train.dtype == np.int64
+    assert loaded.classes == built.classes
     # channel-planar to H x W x C, spelled out: pixel (row 1, column 2)'s green value sits at 1024 + 32 + 2
     stored = planar(built.x_train)[0]
     assert loaded.x_train[0, 1, 2].tolist() == [stored[32 + 2], stored[1024 + 32 + 2], stored[2048 + 32 + 2]]
@@ -171,8 +173,10 @@ def test_a_download_with_the_wrong_checksum_is_refused_and_deleted_unread(tmp_pa
     with pytest.raises(DataError) as error:
         download_cifar("cifar10", root)
     message = str(error.value)
-    assert f"has MD5 {served.md5}, not {expected.md5}" in message and "deleted" in message
-    assert "cifar-10-python.tar.gz" in message and str(root) in message
+    assert f"has MD5 {served.md5}, not {expected.md5}" in message
+    assert "deleted" in message
+    assert "cifar-10-python.tar.gz" in message
+    assert str(root) in message
     assert list(root.iterdir()) == []
 
     def never(*args, **kwargs):
@@ -202,7 +206,8 @@ def test_cifar_offline_says_where_to_put_the_archive(tmp_path, monkeypatch) -> N
     with pytest.raises(DataError) as error:
         download_cifar("cifar10", tmp_path)
     message = str(error.value)
-    assert "cifar-10-python.tar.gz" in message and str(tmp_path) in message
+    assert "cifar-10-python.tar.gz" in message
+    assert str(tmp_path) in message
     assert "c58f30108f718f92721af3b95e74349a" in message
     assert list(tmp_path.iterdir()) == []
 

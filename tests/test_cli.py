@@ -128,7 +128,8 @@ def test_errors_are_one_line(
     assert main(["measure", *argv]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.count("\n") == 1 and captured.err.startswith("cnnablate: error: ")
+    assert captured.err.count("\n") == 1
+    assert captured.err.startswith("cnnablate: error: ")
     assert message in captured.err
 
 
@@ -149,9 +150,11 @@ def test_erf_output_is_rounded_and_help_explains_the_terms(capsys: pytest.Captur
     assert main(["measure", "base", "--config", str(config), "--erf"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("effective"))
     numbers = [number for number in line.replace(",", " ").replace("[", " ").replace("]", " ").split() if "." in number]
-    assert numbers and all(len(number.split(".")[1]) <= 3 for number in numbers), line
+    assert numbers, line
+    assert all(len(number.split(".")[1]) <= 3 for number in numbers), line
     with pytest.raises(SystemExit):
         main(["measure", "--help"])
     help_text = capsys.readouterr().out
-    assert "theoretical receptive field" in help_text and "95% radius" in help_text
+    assert "theoretical receptive field" in help_text
+    assert "95% radius" in help_text
     assert "cnnablate measure torchvision.models:resnet18" in help_text

@@ -124,7 +124,8 @@ def test_npz_file_and_layout_are_checked_before_any_job(tmp_path) -> None:
 
 def test_job_params_leave_neutral_keys_out_and_the_job_gets_them_back() -> None:
     spec = Study.from_config(validate_config(tiny_config())).variants["base"].spec
-    assert spec["dropout"] == 0.0 and "dropout" not in json.loads(job_param("model", spec))
+    assert spec["dropout"] == 0.0
+    assert "dropout" not in json.loads(job_param("model", spec))
     assert json.loads(job_param("model", {**spec, "dropout": 0.1}))["dropout"] == 0.1
     assert json.loads(job_param("model", spec))["residual"] is False  # no neutral: kept, so a new default reruns
     params = SimpleNamespace(spec=job_param("model", spec))
@@ -134,9 +135,12 @@ def test_job_params_leave_neutral_keys_out_and_the_job_gets_them_back() -> None:
 
 def test_defaults_are_filled_in() -> None:
     config = validate_config({"study": "x", "data": {"dataset": "synthetic"}, "train": {}, "seeds": [0], "base": {}})
-    assert config["train"]["max_steps"] == 10000 and config["train"]["patience"] == 500
-    assert config["data"]["validation"] == 0.1 and config["tune"]["enabled"] is True
-    assert config["base"]["kernel_size"] == 3 and config["base"]["pool"] == "max"
+    assert config["train"]["max_steps"] == 10000
+    assert config["train"]["patience"] == 500
+    assert config["data"]["validation"] == 0.1
+    assert config["tune"]["enabled"] is True
+    assert config["base"]["kernel_size"] == 3
+    assert config["base"]["pool"] == "max"
     assert config["mlflow"]["tracking_uri"] == "sqlite:///results/mlflow.db"
     assert config["data"]["synthetic"]["num_classes"] == 10
 
@@ -189,15 +193,18 @@ def test_dry_run_lists_one_tuning_job_per_variant_and_one_training_job_per_varia
         if len(line.split()) == 2 and line.split()[1].isdigit()
     }
     assert counts["train"] == expected == 60
-    assert counts["tune"] == variants == 20 and counts["tuning_table"] == 1
-    assert counts["download_data"] == 1 and counts["mlflow_setup"] == 1
+    assert counts["tune"] == variants == 20
+    assert counts["tuning_table"] == 1
+    assert counts["download_data"] == 1
+    assert counts["mlflow_setup"] == 1
 
 
 @pytest.mark.e2e
 def test_tuning_off_runs_no_tuning_job(tmp_path) -> None:
     config = write_config(tmp_path, tiny_config(tune={"enabled": False}))
     result = snakemake(tmp_path, config, "-n", "--quiet", "rules")
-    assert "tune" not in result.stdout and "tuning_table" not in result.stdout
+    assert "tune" not in result.stdout
+    assert "tuning_table" not in result.stdout
     assert "train" in result.stdout
 
 

@@ -12,9 +12,12 @@ def test_synthetic_is_deterministic_and_cifar_shaped() -> None:
     a = make_synthetic(200, 50, seed=3)
     b = make_synthetic(200, 50, seed=3)
     c = make_synthetic(200, 50, seed=4)
-    assert a.x_train.shape == (200, 32, 32, 3) and a.x_train.dtype == np.uint8
-    assert a.x_test.shape == (50, 32, 32, 3) and a.num_classes == 10
-    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.y_test, b.y_test)
+    assert a.x_train.shape == (200, 32, 32, 3)
+    assert a.x_train.dtype == np.uint8
+    assert a.x_test.shape == (50, 32, 32, 3)
+    assert a.num_classes == 10
+    assert np.array_equal(a.x_train, b.x_train)
+    assert np.array_equal(a.y_test, b.y_test)
     assert not np.array_equal(a.x_train, c.x_train)
 
 
@@ -39,7 +42,8 @@ def test_synthetic_pattern_is_local_and_moves() -> None:
 def test_stratified_subset_keeps_proportions() -> None:
     labels = np.repeat(np.arange(4), [100, 50, 30, 20])
     chosen = stratified_subset(labels, 50, seed=0)
-    assert len(chosen) == 50 and len(set(chosen)) == 50
+    assert len(chosen) == 50
+    assert len(set(chosen)) == 50
     assert (
         np.bincount(labels[chosen]).tolist() == [25, 12, 8, 5]
         or np.abs(np.bincount(labels[chosen]) - np.array([25, 12.5, 7.5, 5])).max() <= 1
@@ -65,8 +69,11 @@ def test_prepare_applies_train_and_test_size_then_holds_out_a_stratified_validat
         },
     }
     dataset = prepare_dataset(config)
-    assert len(dataset.y_train) == 80 and len(dataset.y_val) == 20 and len(dataset.y_test) == 40
-    assert set(np.bincount(dataset.y_train)) == {8} and set(np.bincount(dataset.y_val)) == {2}
+    assert len(dataset.y_train) == 80
+    assert len(dataset.y_val) == 20
+    assert len(dataset.y_test) == 40
+    assert set(np.bincount(dataset.y_train)) == {8}
+    assert set(np.bincount(dataset.y_val)) == {2}
     assert set(np.bincount(dataset.y_test)) == {4}
     train_rows = {row.tobytes() for row in dataset.x_train}
     assert not any(row.tobytes() in train_rows for row in dataset.x_val), "validation images left the training set"
@@ -77,7 +84,8 @@ def test_prepare_applies_train_and_test_size_then_holds_out_a_stratified_validat
 def test_a_validation_split_that_leaves_nothing_to_train_on_is_refused() -> None:
     from cnnablate.data import validation_count
 
-    assert validation_count(0.1, 1800) == 180 and validation_count(50, 1800) == 50
+    assert validation_count(0.1, 1800) == 180
+    assert validation_count(50, 1800) == 50
     with pytest.raises(DataError, match=r"data\.validation"):
         validation_count(1800, 1800)
 
@@ -92,7 +100,8 @@ def test_npz_roundtrip_and_validation(tmp_path) -> None:
     good = tmp_path / "good.npz"
     _write_npz(good, x_train=x, y_train=y, x_test=x[:10], y_test=y[:10])
     dataset = read_npz(good)
-    assert dataset.num_classes == 2 and dataset.x_train.shape == (20, 8, 8, 1)
+    assert dataset.num_classes == 2
+    assert dataset.x_train.shape == (20, 8, 8, 1)
 
     _write_npz(tmp_path / "missing.npz", x_train=x, y_train=y)
     with pytest.raises(DataError, match=r"missing array\(s\) \['x_test', 'y_test'\]"):

@@ -34,7 +34,8 @@ def system_temp(monkeypatch, tmp_path):
 def test_lock_folder_is_created_private_per_user(system_temp) -> None:
     folder = lock_dir()
     assert folder == system_temp / f"cnnablate-gpu-locks-{os.getuid()}"
-    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert folder.stat().st_uid == os.getuid()
     assert lock_dir() == folder  # an existing private folder is reused
 
 
@@ -66,7 +67,8 @@ def test_lock_folder_variables(system_temp, monkeypatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(system_temp / "run"))
     assert default_lock_dir() == system_temp / "run" / "cnnablate-gpu-locks"
     monkeypatch.setenv("CNNABLATE_GPU_LOCK_DIR", str(system_temp / "mine"))
-    assert lock_dir() == system_temp / "mine" and stat.S_IMODE((system_temp / "mine").stat().st_mode) == 0o700
+    assert lock_dir() == system_temp / "mine"
+    assert stat.S_IMODE((system_temp / "mine").stat().st_mode) == 0o700
 
 
 def test_jobs_spread_over_gpus_before_sharing(tmp_path) -> None:
@@ -113,8 +115,10 @@ def test_precision_and_memory_format_decisions() -> None:
     assert resolve_precision("auto", "cpu") is None
     assert resolve_precision("bf16", "cpu") is torch.bfloat16
     assert resolve_precision("fp32", "cuda") is None
-    assert resolve_channels_last("auto", "cuda") and not resolve_channels_last("auto", "cpu")
-    assert resolve_channels_last("on", "cpu") and not resolve_channels_last("off", "cuda")
+    assert resolve_channels_last("auto", "cuda")
+    assert not resolve_channels_last("auto", "cpu")
+    assert resolve_channels_last("on", "cpu")
+    assert not resolve_channels_last("off", "cuda")
     with pytest.raises(ValueError, match="allowed values: auto, fp32, bf16"):
         resolve_precision("fp8", "cuda")
 
@@ -122,7 +126,9 @@ def test_precision_and_memory_format_decisions() -> None:
 def test_cpu_is_chosen_without_cuda(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     choice = choose_device("auto", "auto")
-    assert choice.device.type == "cpu" and choice.autocast_dtype is None and not choice.channels_last
+    assert choice.device.type == "cpu"
+    assert choice.autocast_dtype is None
+    assert not choice.channels_last
 
 
 def test_cuda_path_claims_a_slot_and_picks_bf16(monkeypatch, tmp_path) -> None:
@@ -135,9 +141,11 @@ def test_cuda_path_claims_a_slot_and_picks_bf16(monkeypatch, tmp_path) -> None:
     first = choose_device("auto", "auto", jobs_per_gpu=1)
     second = choose_device("auto", "auto", jobs_per_gpu=1)
     assert [str(d) for d in selected] == ["cuda:0", "cuda:1"]
-    assert first.autocast_dtype is torch.bfloat16 and first.channels_last
+    assert first.autocast_dtype is torch.bfloat16
+    assert first.channels_last
     assert torch.backends.cudnn.benchmark
-    assert (tmp_path / "gpu0-slot0.lock").exists() and second.lock is not None
+    assert (tmp_path / "gpu0-slot0.lock").exists()
+    assert second.lock is not None
 
 
 def test_under_slurm_no_lock_is_taken(monkeypatch, tmp_path) -> None:
@@ -147,4 +155,6 @@ def test_under_slurm_no_lock_is_taken(monkeypatch, tmp_path) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
     choice = choose_device("auto", "auto")
-    assert str(choice.device) == "cuda:0" and choice.lock is None and not list(tmp_path.iterdir())
+    assert str(choice.device) == "cuda:0"
+    assert choice.lock is None
+    assert not list(tmp_path.iterdir())

@@ -25,7 +25,9 @@ def test_environment_yml_is_what_the_lock_generates(tmp_path) -> None:
         line.split(" ;")[0].split("==") for line in yaml.safe_load(committed)["dependencies"][2]["pip"] if "==" in line
     )
     lock = {package["name"]: package["version"] for package in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
-    assert pins["torch"] == lock["torch"] and pins["mlflow"] == lock["mlflow"] and pins["scipy"]
+    assert pins["torch"] == lock["torch"]
+    assert pins["mlflow"] == lock["mlflow"]
+    assert pins["scipy"]
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.match(r"[A-Za-z0-9_.-]+", dependency).group(0) for dependency in project}
     assert names <= set(pins), names - set(pins)  # every declared dependency is pinned

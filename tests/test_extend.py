@@ -62,8 +62,11 @@ def test_add_an_ablation_trains_only_the_new_variants(tiny_study: Path, tmp_path
 
     dry = snakemake(workdir, workdir / "config.yaml", "-n")  # README step 2: rerun
     jobs = _jobs(dry.stdout)
-    assert jobs["train"] == 2 and jobs["measure"] == 2 and jobs["shift_robustness"] == 2
-    assert jobs["tune"] == 1 and jobs["tuning_table"] == 1, "only the new variant's learning rate is tuned"
+    assert jobs["train"] == 2
+    assert jobs["measure"] == 2
+    assert jobs["shift_robustness"] == 2
+    assert jobs["tune"] == 1, "only the new variant's learning rate is tuned"
+    assert jobs["tuning_table"] == 1, "only the new variant's learning rate is tuned"
     trained = set(re.findall(r"wildcards: variant=([\w.-]+), seed=\d", dry.stdout))
     assert trained == {"kernel_size-5"}
     tuned = set(re.findall(r"wildcards: variant=([\w.-]+)\n", dry.stdout))
@@ -97,15 +100,18 @@ def test_add_an_analysis_rule_reaches_the_report_and_mlflow(tiny_study: Path, tm
 
     snakemake(workdir, workdir / "config.yaml", "--cores", "2", snakefile=repo / "Snakefile")
     results = pd.read_csv(workdir / "results/tiny/results.csv")
-    assert results["weight_l2_norm"].notna().all() and (results["weight_l2_norm"] > 0).all()
+    assert results["weight_l2_norm"].notna().all()
+    assert (results["weight_l2_norm"] > 0).all()
     page = (workdir / "reports/tiny/index.html").read_text()
-    assert ">weight_norm</h3>" in page and "weight_l2_norm" in page
+    assert ">weight_norm</h3>" in page
+    assert "weight_l2_norm" in page
     client = MlflowClient(f"sqlite:///{workdir}/results/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs(
         [experiment.experiment_id], "attributes.status = 'FINISHED' and tags.`cnnablate.role` = 'job'"
     )
-    assert len(runs) == 6 and all("weight_norm.weight_l2_norm" in run.data.metrics for run in runs)
+    assert len(runs) == 6
+    assert all("weight_norm.weight_l2_norm" in run.data.metrics for run in runs)
 
 
 def _dry_run_rules(workdir: Path, config: dict) -> tuple[dict[str, int], set[str]]:
@@ -131,11 +137,16 @@ def test_a_neutral_new_axis_reruns_nothing_and_a_real_value_reruns_what_it_chang
     with monkeypatch.context() as patch:
         patch.setenv("PYTHONPATH", str(package.parent))
         jobs, variants = _dry_run_rules(own_tiny_study, config)
-    assert jobs == {} and variants == set(), "a neutral new axis plans no job at all"
+    assert jobs == {}, "a neutral new axis plans no job at all"
+    assert variants == set(), "a neutral new axis plans no job at all"
 
     jobs, variants = _dry_run_rules(own_tiny_study, {**config, "base": {**config["base"], "dropout": 0.1}})
-    assert variants == {"base", "arch-fc", "pool-avg"} and jobs["train"] == 6 and jobs["tune"] == 3
+    assert variants == {"base", "arch-fc", "pool-avg"}
+    assert jobs["train"] == 6
+    assert jobs["tune"] == 3
 
     ablations = {**config["ablations"], "dropout": {"dropout": [0.0, 0.1]}}
     jobs, variants = _dry_run_rules(own_tiny_study, {**config, "ablations": ablations})
-    assert variants == {"dropout-0.1"} and jobs["train"] == 2 and jobs["tune"] == 1
+    assert variants == {"dropout-0.1"}
+    assert jobs["train"] == 2
+    assert jobs["tune"] == 1

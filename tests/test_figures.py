@@ -47,7 +47,8 @@ def test_no_text_overlaps_in_any_report_figure(tmp_path: Path, saved_figures: di
     figures.erf_pair_figure(None, None, "arch-fc", tmp_path / "erf_fc.png")
     fixture.build_report(tmp_path)
     written = {p.name for p in (tmp_path / "figures").glob("*.png")}
-    assert written <= set(saved_figures) and {"shift_robustness.png", "erf.png"} <= set(saved_figures)
+    assert written <= set(saved_figures)
+    assert {"shift_robustness.png", "erf.png"} <= set(saved_figures)
     assert any(name.startswith("lr_") for name in written), "a tuned study draws its learning-rate figures"
     assert {name: pairs for name, pairs in saved_figures.items() if pairs} == {}
 
@@ -69,7 +70,10 @@ def test_erf_maps_are_a_compact_grid(tmp_path: Path) -> None:
     images = [ax for ax in captured[0].axes if ax.images]
     rows = sorted({round(ax.get_position().y0, 3) for ax in images}, reverse=True)
     columns = {round(ax.get_position().x0, 3) for ax in images}
-    assert len(images) == 18 and len(rows) == 4 and len(columns) == 7  # 9 variants: 7 across, then 2; init/trained
+    # 9 variants: 7 across, then 2; init/trained
+    assert len(images) == 18
+    assert len(rows) == 4
+    assert len(columns) == 7
     assert len({im.get_clim() for ax in images for im in ax.images}) == 1  # one colour scale
     top = max(ax.get_position().y1 for ax in images)
     assert top > 0.85  # no blank band above the maps
@@ -80,7 +84,8 @@ def test_shift_table_leaves_out_predictions_that_cannot_move(tmp_path: Path) -> 
     reason = "constant predictor (one class for 100% of images)"
     table = pd.read_csv(fixture.analyses["shift"][1]).set_index("variant")
     consistency = [c for c in table.columns if c.startswith("consistency_")]
-    assert table.loc["norm-none", consistency].isna().all() and table.loc["base", consistency].notna().all()
+    assert table.loc["norm-none", consistency].isna().all()
+    assert table.loc["base", consistency].notna().all()
     assert table.loc["norm-none", "note"] == f"consistency not shown: {reason}"
     assert table.loc["norm-none", "acc_0px (%)"] == pytest.approx(10.0)  # its accuracy stays: chance is a number
     assert table.loc["pool-none", "note"] == "consistency without 1 of 3 seeds: did not train"
@@ -95,7 +100,7 @@ def test_the_counter_sees_crowded_tick_labels() -> None:
     fig, ax = plt.subplots(figsize=(3, 2))
     ax.plot([0.05, 0.8], [1, 2])
     ax.set_xscale("log")  # less than two decades: matplotlib labels the minor ticks 2x10^-1, 3x10^-1, ...
-    assert any("times10" in a and "times10" in b for a, b in overlapping_pairs(fig))
+    assert any("times10" in a and "times10" in b for a, b in overlapping_pairs(fig)), overlapping_pairs(fig)
     plt.close(fig)
 
 
@@ -117,14 +122,16 @@ def test_learning_rate_ticks_are_the_rates_tried(tmp_path: Path, saved_figures: 
     finally:
         figures.save = original
     ax = kept[0].axes[0]
-    assert list(ax.get_xticks()) == [*rates, 1.6] and [t.get_text() for t in ax.get_xticklabels()] == [
+    assert list(ax.get_xticks()) == [*rates, 1.6]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
         "0.05",
         "0.2",
         "0.8",
         "1.6",
     ]
     assert not ax.xaxis.get_minor_ticks() or all(not t.label1.get_text() for t in ax.xaxis.get_minor_ticks())
-    assert ax.get_ylim() == (0, 100) and "added past the grid's edge" in ax.get_legend_handles_labels()[1]
+    assert ax.get_ylim() == (0, 100)
+    assert "added past the grid's edge" in ax.get_legend_handles_labels()[1]
     assert saved_figures["lr.png"] == []
 
 
@@ -148,7 +155,10 @@ def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict
     params, macs = kept[0].axes[:2]
     lo, hi = params.get_xlim()
     labels = [t.get_text() for t in params.get_xticklabels() if lo <= t.get_position()[0] <= hi]
-    assert params.get_xscale() == "linear" and len(set(labels)) == len(labels) >= 2, labels
-    assert all("," in label for label in labels) and "linear scale" in params.get_xlabel()
-    assert macs.get_xscale() == "log" and params.get_ylim() == (0, 100)
+    assert params.get_xscale() == "linear"
+    assert len(set(labels)) == len(labels) >= 2, labels
+    assert all("," in label for label in labels)
+    assert "linear scale" in params.get_xlabel()
+    assert macs.get_xscale() == "log"
+    assert params.get_ylim() == (0, 100)
     assert saved_figures["cost.png"] == []

@@ -86,13 +86,15 @@ def assert_same_run(first: dict, second: dict, states: list[dict[str, torch.Tens
 def test_training_computes_in_bf16_on_channels_last_weights(tmp_path, monkeypatch, device) -> None:
     with recording_layers() as calls:
         metrics = train_on(device, make_job(tmp_path, "auto", max_steps=3), monkeypatch)
-    assert metrics["device"].startswith(device) and metrics["precision"] == "torch.bfloat16"
+    assert metrics["device"].startswith(device)
+    assert metrics["precision"] == "torch.bfloat16"
     assert metrics["channels_last"] is True
     convolutions = [call for call in calls if call.layer == "Conv2d"]
-    assert convolutions and any(call.layer == "Linear" for call in calls)
+    assert convolutions, "no Conv2d call was recorded"
+    assert any(call.layer == "Linear" for call in calls)
     assert {call.device_type for call in calls} == {device}
     assert {call.output_dtype for call in calls} == {torch.bfloat16}
-    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions)
+    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions), convolutions
 
 
 def test_the_optimizer_step_runs_foreach_kernels_and_no_torch_optim(tmp_path, monkeypatch, device) -> None:
@@ -112,7 +114,8 @@ def test_the_optimizer_step_runs_foreach_kernels_and_no_torch_optim(tmp_path, mo
         if device == "cuda":
             torch.cuda.synchronize()
     ops = {event.name for event in profile.events()}
-    assert "aten::_foreach_add_" in ops and "aten::_foreach_mul_" in ops, sorted(ops)
+    assert "aten::_foreach_add_" in ops, sorted(ops)
+    assert "aten::_foreach_mul_" in ops, sorted(ops)
     assert not any("sgd" in op.lower() for op in ops), "the step must not go through torch.optim"
     assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True) if p.ndim >= 2)
 
@@ -147,7 +150,8 @@ def test_the_compiled_training_step_trains_like_the_eager_one(tmp_path, monkeypa
     compiled = train_on(device, make_job(tmp_path, "compiled", max_steps=3, compile="default"), monkeypatch)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] >= 1
     eager = train_on(device, make_job(tmp_path, "eager", max_steps=3), monkeypatch)
-    assert compiled["epochs_completed"] == 1 and compiled["diverged"] is False
+    assert compiled["epochs_completed"] == 1
+    assert compiled["diverged"] is False
     for key in ("train_loss", "test_loss"):
         assert compiled[key] == pytest.approx(eager[key], rel=LOSS_TOLERANCE), key
     states = [torch.load(tmp_path / name / "run" / "model.pt", weights_only=True) for name in ("compiled", "eager")]

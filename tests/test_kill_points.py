@@ -103,7 +103,8 @@ def reference(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_reference_runs_long_enough_for_a_mid_run_kill(reference: Path) -> None:
     metrics = json.loads((reference / METRICS).read_text())
-    assert metrics["epochs_completed"] == 3 and metrics["resumed_from_epoch"] is None
+    assert metrics["epochs_completed"] == 3
+    assert metrics["resumed_from_epoch"] is None
 
 
 @pytest.mark.parametrize(

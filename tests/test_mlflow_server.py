@@ -119,11 +119,15 @@ def test_tiny_study_is_tracked_by_the_authenticated_server(server: str, tmp_path
     metrics = sorted(tmp_path.glob(f"results/{study}/runs/*/seed*/metrics.json"))
     jobs = [run for run in runs if run.data.tags["cnnablate.role"] == "job"]
     parent = next(run for run in runs if run.data.tags["cnnablate.role"] == "parent")
-    assert len(metrics) == 3 and sorted(r.data.tags["cnnablate.job_key"] for r in jobs) == sorted(
+    assert len(metrics) == 3
+    assert sorted(r.data.tags["cnnablate.job_key"] for r in jobs) == sorted(
         f"{study}/{p.parent.parent.name}/{p.parent.name}" for p in metrics
     )
-    assert all(run.info.status == "FINISHED" and "measures.params" in run.data.metrics for run in jobs)
-    assert parent.info.status == "FINISHED" and "test_acc_mean.base" in parent.data.metrics
+    assert all(run.info.status == "FINISHED" and "measures.params" in run.data.metrics for run in jobs), [
+        (run.info.status, "measures.params" in run.data.metrics) for run in jobs
+    ]
+    assert parent.info.status == "FINISHED"
+    assert "test_acc_mean.base" in parent.data.metrics
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "study")}
     assert {"study/summary.csv", "study/results.csv", "study/index.html", "study/config.yaml"} <= artifacts
     assert all(run.data.tags["mlflow.source.git.commit"] for run in runs)

@@ -21,7 +21,8 @@ def test_breakdown_of_the_run_that_made_the_results(tiny_study: Path) -> None:
     results = tiny_study / "results/tiny"
     log = overhead.matching_log(tiny_study, results)
     numbers = overhead.breakdown(results, 2, log)
-    assert numbers["training_jobs"] == 6 and numbers["jobs"] == len(list(results.glob("benchmarks/**/*.tsv")))
+    assert numbers["training_jobs"] == 6
+    assert numbers["jobs"] == len(list(results.glob("benchmarks/**/*.tsv")))
     assert 0 < numbers["train_job_fixed_seconds_median"] < numbers["sum_job_wall_seconds"]
     assert numbers["train_job_max_rss_mb_min"] >= 200  # torch is loaded in the job's own, measured process
     assert 0 < numbers["overhead_fraction"] < 1
@@ -29,7 +30,9 @@ def test_breakdown_of_the_run_that_made_the_results(tiny_study: Path) -> None:
         p for rule in ("measure", "shift", "interpret") for p in results.glob(f"benchmarks/{rule}/**/*.tsv")
     ]
     assert numbers["analysis_jobs"] == len(analysis_benchmarks) > 0
-    assert numbers["gpus"] == 0 and numbers["gpu_busy_fraction"] is None  # the suite runs without a GPU
+    # the suite runs without a GPU
+    assert numbers["gpus"] == 0
+    assert numbers["gpu_busy_fraction"] is None
     for rule in ("measure", "shift", "interpret"):
         fixed = numbers[f"{rule}_job_fixed_seconds_median"]
         assert 0 < numbers[f"{rule}_job_imports_and_exit_median"] <= fixed < numbers["sum_job_wall_seconds"]
@@ -46,7 +49,9 @@ def test_gpu_busy_fraction_counts_the_work_done_on_gpus(tmp_path: Path) -> None:
     on_cpu = overhead.gpu_numbers(
         train[train["device"] == "cpu"], analyses[analyses["device"] == "cpu"], 6.0, 100.0, None
     )
-    assert on_cpu["gpus"] == 0 and on_cpu["gpu_busy_fraction"] is None and on_cpu["gpu_tuning_work_seconds"] == 0
+    assert on_cpu["gpus"] == 0
+    assert on_cpu["gpu_busy_fraction"] is None
+    assert on_cpu["gpu_tuning_work_seconds"] == 0
     samples = tmp_path / "smi.csv"
     samples.write_text("2026/11/30 10:00:00.000, 20 %, 100 MiB, 80 W\n2026/11/30 10:00:01.000, 60 %, 100 MiB, 90 W\n")
     assert overhead.smi_utilization(samples) == pytest.approx(0.4)

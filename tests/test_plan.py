@@ -20,7 +20,8 @@ def test_costs_follow_the_recipe() -> None:
     assert plan.training_flops() == 6 * 3 * 10**6 * train["batch_size"] * train["max_steps"] * 2
     rates = len(tune["lrs"]) + tune["extend"]
     assert plan.tuning_flops() == 6 * 3 * 10**6 * train["batch_size"] * tune["max_steps"] * rates
-    assert plan.model_bytes() == 4000 * BYTES_PER_PARAM * 2 and plan.largest_checkpoint_bytes() == 2 * 3000 * 4
+    assert plan.model_bytes() == 4000 * BYTES_PER_PARAM * 2
+    assert plan.largest_checkpoint_bytes() == 2 * 3000 * 4
     work = (plan.training_flops() + plan.tuning_flops()) / MACHINES["cpu"].flops_per_s
     assert plan.hours(MACHINES["cpu"], 2) == pytest.approx((work + 5.0 * 9) / 2 / 3600)
     assert all(f"[{machine.source}]" in format_plan(plan, cores=2, gpus=1) for machine in MACHINES.values())
@@ -36,6 +37,7 @@ def test_documented_counts_are_the_plans() -> None:
         assert line in readme, f"README.md should quote `cnnablate plan --configfile {config}`: {line}"
     real = make_plan(ROOT / "config/config.yaml", ROOT / "Snakefile")
     quoted = re.search(r"\((\d+) jobs\)", slurm)
-    assert quoted and int(quoted.group(1)) == sum(real.jobs.values())
+    assert quoted, "docs/slurm.md quotes no '(N jobs)' count"
+    assert int(quoted.group(1)) == sum(real.jobs.values())
     assert f"{max(v.params for v in real.variants):,} parameters" in readme
     assert Path(ROOT / "config/demo.yaml").read_text().count("cnnablate plan") == 1

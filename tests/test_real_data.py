@@ -36,10 +36,14 @@ def source(request: pytest.FixtureRequest) -> tuple[str, tuple[np.ndarray, np.nd
 def test_images_are_32x32_grey_rgb_uint8_using_the_whole_range(source) -> None:
     name, (images, labels, classes) = source
     count, num_classes = SIZES[name]
-    assert images.shape == (count, 32, 32, 3) and images.dtype == np.uint8
-    assert labels.shape == (count,) and labels.dtype == np.int64 and len(classes) == num_classes
+    assert images.shape == (count, 32, 32, 3)
+    assert images.dtype == np.uint8
+    assert labels.shape == (count,)
+    assert labels.dtype == np.int64
+    assert len(classes) == num_classes
     assert (images == images[..., :1]).all()  # grey, copied into three channels
-    assert images.min() == 0 and images.max() >= 240
+    assert images.min() == 0
+    assert images.max() >= 240
     # every class is there, and no class is tiny (digits: 174-183 images each; textures: 256 each)
     assert np.bincount(labels).min() >= 0.9 * count / num_classes
 
@@ -70,7 +74,8 @@ def test_a_seed_fixes_the_split_and_an_identical_file_is_left_untouched(tmp_path
     first = real_data.write_dataset("digits", path, seed=0)
     written = path.stat().st_mtime_ns
     again = real_data.write_dataset("digits", path, seed=0)
-    assert np.array_equal(first.y_test, again.y_test) and np.array_equal(first.x_test, again.x_test)
+    assert np.array_equal(first.y_test, again.y_test)
+    assert np.array_equal(first.x_test, again.x_test)
     assert path.stat().st_mtime_ns == written  # Snakemake would otherwise retrain every finished run
     other = real_data.write_dataset("digits", path, seed=1)
     assert not np.array_equal(first.x_test, other.x_test)
@@ -82,11 +87,13 @@ def test_the_workflow_reads_the_file_and_carves_its_validation_split(source, tmp
     path = tmp_path / f"{name}.npz"
     built = real_data.write_dataset(name, path)
     read = read_npz(path)
-    assert read.classes == built.classes and np.array_equal(read.x_train, built.x_train)
+    assert read.classes == built.classes
+    assert np.array_equal(read.x_train, built.x_train)
     config = validate_config(real_data.study_config(DEMO, path, f"real-{name}", [0], train_size=200))
     prepared = prepare_dataset(config["data"])
     assert isinstance(prepared, ArrayDataset)
-    assert len(prepared.y_train) + len(prepared.y_val) == 200 and len(prepared.y_val) == 20
+    assert len(prepared.y_train) + len(prepared.y_val) == 200
+    assert len(prepared.y_val) == 20
     assert np.array_equal(prepared.x_test, built.x_test)
     assert set(np.unique(prepared.y_val)) == set(range(len(built.classes)))
 
@@ -94,22 +101,26 @@ def test_the_workflow_reads_the_file_and_carves_its_validation_split(source, tmp
 def test_the_config_is_the_demo_reading_the_npz(tmp_path: Path) -> None:
     config = real_data.study_config(DEMO, tmp_path / "d.npz", "real-digits", [0])
     assert config["data"] == {"dataset": "npz", "path": str((tmp_path / "d.npz").resolve())}
-    assert config["seeds"] == [0] and config["study"] == "real-digits"
+    assert config["seeds"] == [0]
+    assert config["study"] == "real-digits"
     assert {key: config[key] for key in ("train", "tune", "base", "ablations")} == {
         key: DEMO[key] for key in ("train", "tune", "base", "ablations")
     }
     study = Study.from_config(validate_config(config))
-    assert len(study.variants) == 15 and len(real_data.run_targets(study)) == 15
+    assert len(study.variants) == 15
+    assert len(real_data.run_targets(study)) == 15
 
 
 def test_a_cut_keeps_base_and_the_named_blocks_and_overrides_the_step_cap(tmp_path: Path) -> None:
     config = real_data.study_config(DEMO, tmp_path / "d.npz", "cut", [0, 1], ["pooling"], max_steps=50)
     study = Study.from_config(validate_config(config))
     assert sorted(study.variants) == ["base", "pool-avg", "pool-none", "pool-stride"]
-    assert config["train"]["max_steps"] == 50 and config["train"]["patience"] == DEMO["train"]["patience"]
+    assert config["train"]["max_steps"] == 50
+    assert config["train"]["patience"] == DEMO["train"]["patience"]
     assert config["analysis"]["interpret"] == []  # arch-local left with its block
     targets = real_data.run_targets(study)
-    assert len(targets) == 8 and "results/cut/runs/pool-none/seed1/metrics.json" in targets
+    assert len(targets) == 8
+    assert "results/cut/runs/pool-none/seed1/metrics.json" in targets
     base_only = real_data.study_config(DEMO, tmp_path / "d.npz", "cut", [0], [])
     assert list(Study.from_config(validate_config(base_only)).variants) == ["base"]
 
@@ -139,8 +150,10 @@ def test_rows_read_each_run_and_its_tuning_and_count_only_trained_runs(tmp_path:
     write_run(results, "pool-avg", 0, test_acc=0.97, tuning_val_acc=0.9, outcome="trained", attempts=2, **run)
     write_run(results, "pool-stride", 0, test_acc=None, **{**run, "stop_reason": "diverged"})
     rows = {row["variant"]: row for row in real_data.read_rows(tmp_path, study)}
-    assert rows["base"]["tuning_val_acc"] == 0.8 and rows["base"]["final_val_acc"] == 0.95
-    assert rows["pool-avg"]["tuning_val_acc"] == 0.9 and rows["pool-avg"]["attempts"] == 2
+    assert rows["base"]["tuning_val_acc"] == 0.8
+    assert rows["base"]["final_val_acc"] == 0.95
+    assert rows["pool-avg"]["tuning_val_acc"] == 0.9
+    assert rows["pool-avg"]["attempts"] == 2
     assert rows["pool-none"]["outcome"] == "no metrics"
     assert real_data.reaching(rows.values()) == (2, 4)  # the diverged and the missing run do not count
     table = real_data.markdown_table(rows.values()).splitlines()
@@ -163,7 +176,8 @@ def test_the_benchmark_prints_a_row_per_variant_with_numbers_in_range(tmp_path: 
     assert result.returncode == 0, result.stderr[-3000:] + (log.read_text()[-3000:] if log.exists() else "")
     tiny = yaml.safe_load(TINY_CONFIG.read_text())
     printed = {line.split(" | ")[0][2:]: line for line in result.stdout.splitlines() if line.startswith("| ")}
-    assert set(printed) >= {"base", "arch-fc"} and len(printed) == 3  # the header and a row per variant
+    assert set(printed) >= {"base", "arch-fc"}
+    assert len(printed) == 3  # the header and a row per variant
     with open(tmp_path / "real_digits.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["variant"] for row in rows] == ["base", "arch-fc"]

@@ -46,7 +46,9 @@ CHROMIUM_FLAGS = [
 def test_mean_interval_matches_a_hand_computation() -> None:
     mean, low, high = mean_interval([0.90, 0.92, 0.94])
     half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, 2) * s / sqrt(n)
-    assert mean == pytest.approx(0.92) and low == pytest.approx(0.92 - half) and high == pytest.approx(0.92 + half)
+    assert mean == pytest.approx(0.92)
+    assert low == pytest.approx(0.92 - half)
+    assert high == pytest.approx(0.92 + half)
     assert math.isnan(mean_interval([0.5])[1])
 
 
@@ -97,7 +99,8 @@ def test_verdicts_follow_the_paired_intervals(fixture_study: FixtureStudy) -> No
             else:
                 assert re.search(rf"no detectable difference with 3 seeds: [^;]*{re.escape(variant)}", text)
     normalization = " ".join(block_verdict(fixture_study.study.ablation_variants("normalization"), summary, results))
-    assert "did not train: norm-none" in normalization and "norm-none (" not in normalization  # never a number
+    assert "did not train: norm-none" in normalization
+    assert "norm-none (" not in normalization  # never a number
     pooling = " ".join(block_verdict(fixture_study.study.ablation_variants("pooling"), summary, results))
     assert "did not train in 1 of 3 seeds, 1 diverged: pool-none" in pooling  # one of its seeds diverged
 
@@ -110,15 +113,18 @@ def test_table_shows_paired_next_to_welch_and_blanks_differences_of_untrained(fi
     layer = summary.set_index("variant").loc["norm-layer"]
     assert rows["norm-layer"]["paired"].startswith(f"{layer['paired_diff'] * 100:+.1f}".replace("-", "−"))
     assert rows["norm-layer"]["welch"].startswith(f"{layer['diff_vs_base'] * 100:+.1f}".replace("-", "−"))
-    assert rows["norm-layer"]["seeds"].count(",") == 2 and rows["norm-layer"]["lr"] == "0.1"
+    assert rows["norm-layer"]["seeds"].count(",") == 2
+    assert rows["norm-layer"]["lr"] == "0.1"
     assert rows["norm-none"]["paired"] == rows["norm-none"]["welch"] == rows["norm-none"]["accuracy"] == "–"
-    assert rows["norm-none"]["state"] == "did not train" and rows["norm-none"]["dead"]
+    assert rows["norm-none"]["state"] == "did not train"
+    assert rows["norm-none"]["dead"]
     assert rows["base"]["state"] == "converged"
     assert not rows["base"]["dead"]
     assert rows["norm-layer"]["t_interval"] == "uninformative (3 seeds)"  # the seeds are shown instead
     wilson = stats.binomtest(round(layer["test_acc_mean"] * 500), 500).proportion_ci(0.95, method="wilson")
     assert rows["norm-layer"]["test_set_interval"] == f"[{wilson.low * 100:.1f}, {wilson.high * 100:.1f}]"
-    assert rows["base"]["steps"] == "256" and re.fullmatch(r"\d+, \d+\.\d s", rows["base"]["speed"])
+    assert rows["base"]["steps"] == "256"
+    assert re.fullmatch(r"\d+, \d+\.\d s", rows["base"]["speed"])
     assert rows["norm-none"]["speed"] == "not reached"
 
 
@@ -126,7 +132,8 @@ def test_two_seeds_are_said_to_bound_only_large_effects(tmp_path: Path) -> None:
     fixture = write_study(tmp_path, seeds=(0, 1))
     results, _ = _tables(fixture)
     notes = " ".join(method_notes(results, read_tuning(fixture.tuning)))
-    assert "Only 2 seeds" in notes and "±12.7 standard errors" in notes
+    assert "Only 2 seeds" in notes
+    assert "±12.7 standard errors" in notes
     assert "Only 2 seeds" not in " ".join(method_notes(*_tables_and_tuning(write_study(tmp_path / "three"))))
 
 
@@ -149,10 +156,13 @@ def test_page_opens_with_the_summary_and_states_its_provenance(tmp_path: Path) -
     outcome = fixture.build_report(tmp_path)
     page = (tmp_path / "index.html").read_text()
     headings = re.findall(r"<h2>([^<]+)</h2>", page)
-    assert headings[0] == "Summary" and page.index('id="summary-table"') < page.index('id="ablations"')
+    assert headings[0] == "Summary"
+    assert page.index('id="summary-table"') < page.index('id="ablations"')
     assert " ".join(outcome["verdicts"]["normalization"]).replace("'", "&#39;") in page
-    assert "Δ vs base, paired" in page and "Δ vs base, Welch" in page
-    assert "0123abc" in page and re.search(r"config hash[^<]*</td><td>[0-9a-f]{12}<", page)
+    assert "Δ vs base, paired" in page
+    assert "Δ vs base, Welch" in page
+    assert "0123abc" in page
+    assert re.search(r"config hash[^<]*</td><td>[0-9a-f]{12}<", page)
     assert re.search(r"report written</td><td>\d{4}-\d\d-\d\d", page)
     assert "chosen rate starred" in page
     assert "did not train" in page
@@ -177,7 +187,8 @@ def test_tables_agree_with_the_raw_metrics(tiny_study: Path) -> None:
     assert summary.loc["pool-avg", "diff_vs_base"] == pytest.approx(np.mean(avg) - np.mean(base))
     measures = json.loads((tiny_study / "results/tiny/runs/base/seed0/measures.json").read_text())
     row = results[(results["variant"] == "base") & (results["seed"] == 0)].iloc[0]
-    assert row["macs"] == measures["macs"] and row["trf_size"] == measures["trf"]["size"][0]
+    assert row["macs"] == measures["macs"]
+    assert row["trf_size"] == measures["trf"]["size"][0]
     assert "shift_acc_2px" in results.columns
 
 
@@ -215,7 +226,8 @@ def test_html_report_renders_every_section_without_broken_images(tiny_study: Pat
         assert f">{section}</h2>" in text
     # two epochs on 256 images stay at chance: the verdict says so instead of ranking anything
     assert "<p>Base did not train, so nothing is compared with it; did not train: pool-avg.</p>" in text, text
-    assert "Best:" not in text and "Only 2 seeds" in text
+    assert "Best:" not in text
+    assert "Only 2 seeds" in text
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium package is needed for this test (.ci/run installs it)"
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
@@ -224,7 +236,8 @@ def test_html_report_renders_every_section_without_broken_images(tiny_study: Pat
     ).stdout
     body = re.search(r"<body([^>]*)>", dom).group(1)
     images = int(re.search(r'data-images="(\d+)"', body).group(1))
-    assert images >= 12 and 'data-broken-images="0"' in body
+    assert images >= 12
+    assert 'data-broken-images="0"' in body
     screenshot = tmp_path / "report.png"
     subprocess.run(
         [chromium, *flags, f"--screenshot={screenshot}", "--window-size=1200,3000", page.as_uri()],
@@ -293,7 +306,8 @@ def test_verdicts_name_outcomes_and_a_generalisation_gap(outcome_study) -> None:
     stats_ = summary.set_index("variant")
     fc_vs_conv = " ".join(block_verdict(fixture.study.ablation_variants("fc_vs_conv"), summary, results))
     fc, base = stats_.loc["arch-fc"], stats_.loc["base"]
-    assert fc["paired_ci_high"] < 0 and fc["train_acc_mean"] >= base["train_acc_mean"] - 0.01
+    assert fc["paired_ci_high"] < 0
+    assert fc["train_acc_mean"] >= base["train_acc_mean"] - 0.01
     gap = f"{fc['paired_diff'] * 100:+.1f}".replace("-", "−")
     assert f"arch-fc trained (training accuracy 99.5% against base's 99.0%) but generalises worse: {gap}" in fc_vs_conv
     assert re.search(r"[Ww]orse than base: arch-local \(−", fc_vs_conv)  # it did not fit its training set either
@@ -304,9 +318,11 @@ def test_verdicts_name_outcomes_and_a_generalisation_gap(outcome_study) -> None:
     assert rows["base"]["state"] == "converged"
     assert run_state(stats_.loc["norm-none"]) == "did not train"
     normalization = " ".join(block_verdict(fixture.study.ablation_variants("normalization"), summary, results))
-    assert "did not train: norm-none" in normalization and "norm-none (" not in normalization
+    assert "did not train: norm-none" in normalization
+    assert "norm-none (" not in normalization
     notes = " ".join(method_notes(results, read_tuning(fixture.tuning)))
-    assert "90% of ln C" in notes and "Generalises worse" in notes
+    assert "90% of ln C" in notes
+    assert "Generalises worse" in notes
 
 
 def test_retries_and_tuning_against_final_are_reported(outcome_study) -> None:  # type: ignore[no-untyped-def]
@@ -355,7 +371,8 @@ def test_a_tie_at_the_ceiling_is_named_and_best_needs_an_interval() -> None:
     assert block_verdict(["base", "a"], summarize(clear), clear)[0].startswith("Best: base at 91.0% leads a (81.2%)")
     close = _runs({"base": [0.90, 0.93, 0.91], "a": [0.91, 0.91, 0.915]})
     sentence = block_verdict(["base", "a"], summarize(close), close)[0]
-    assert sentence.startswith("No best named: base at 91.3% leads a (91.2%)") and "includes zero" in sentence
+    assert sentence.startswith("No best named: base at 91.3% leads a (91.2%)")
+    assert "includes zero" in sentence
     one_seed = _runs({"base": [0.9], "a": [0.8]})
     assert "one seed gives no interval" in block_verdict(["base", "a"], summarize(one_seed), one_seed)[0]
 
@@ -364,10 +381,12 @@ def test_intervals_stay_in_bounds_and_two_seeds_are_called_uninformative() -> No
     runs = _runs({"base": [0.95, 0.85], "a": [0.606, 0.10]}, test_images=1000)
     summary = summarize(runs).set_index("variant")
     row = summary.loc["a"]
-    assert 0 <= row["test_acc_ci_low"] < row["test_acc_ci_high"] <= 1 and not row["test_acc_t_informative"]
+    assert 0 <= row["test_acc_ci_low"] < row["test_acc_ci_high"] <= 1
+    assert not row["test_acc_t_informative"]
     assert (row["paired_ci_low"], row["paired_ci_high"]) == (-1.0, 1.0)  # ±2.6 before the cut
     wilson = stats.binomtest(round(row["test_acc_mean"] * 1000), 1000).proportion_ci(0.95, method="wilson")
     assert (row["test_acc_binomial_low"], row["test_acc_binomial_high"]) == pytest.approx((wilson.low, wilson.high))
     rows = {r["variant"]: r for r in table_rows(["base", "a"], summary.reset_index(), runs)}
-    assert rows["a"]["t_interval"] == "uninformative (2 seeds)" and rows["a"]["seeds"] == "60.6, 10.0"
+    assert rows["a"]["t_interval"] == "uninformative (2 seeds)"
+    assert rows["a"]["seeds"] == "60.6, 10.0"
     assert rows["a"]["test_set_interval"] == f"[{wilson.low * 100:.1f}, {wilson.high * 100:.1f}]"

@@ -40,11 +40,13 @@ def test_every_figure_decodes_and_is_not_blank(tiny_study: Path) -> None:
     pictures = sorted((tiny_study / RESULTS).rglob("*.png"))
     report = {p.stem for p in pictures if p.parent.name == "report"}
     assert {"accuracy_vs_cost", "accuracy_pooling", "trf_vs_erf", "erf_maps"} <= report
-    assert any(p.name == "measures_erf.png" for p in pictures) and any(p.parent.name == "interpret" for p in pictures)
+    assert any(p.name == "measures_erf.png" for p in pictures)
+    assert any(p.parent.name == "interpret" for p in pictures)
     for path in pictures:
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"), dtype=float)
-        assert pixels.shape[0] > 50 and pixels.shape[1] > 50, path
+        assert pixels.shape[0] > 50, path
+        assert pixels.shape[1] > 50, path
         assert pixels.var() > 0, f"{path} is one flat colour"
 
 
@@ -88,13 +90,15 @@ def test_accuracy_figure_points_are_the_runs_and_the_summary(
         np.testing.assert_allclose(np.sort(seeds[:, 1]), np.sort(expected))
         stats_by_variant = summary.set_index("variant").loc[members]
         bars = [c for c in ax.containers if type(c).__name__ == "ErrorbarContainer"]
-        assert len(bars) == len(members) and ax.get_ylim() == (0, 100)
+        assert len(bars) == len(members)
+        assert ax.get_ylim() == (0, 100)
         for container, (_, row) in zip(bars, stats_by_variant.iterrows(), strict=True):
             _, y = container.lines[0].get_data()
             assert y[0] == pytest.approx(row["test_acc_mean"] * 100)
             low, high, kind = figures.accuracy_interval(row)
             # two seeds: the t interval is uninformative, so the bar is the test set's Wilson interval
-            assert kind == figures.TEST_SET_INTERVAL and not row["test_acc_t_informative"]
+            assert kind == figures.TEST_SET_INTERVAL
+            assert not row["test_acc_t_informative"]
             if container.has_yerr:
                 (segment,) = container.lines[2][0].get_segments()
                 assert sorted(segment[:, 1]) == pytest.approx([low * 100, high * 100])
@@ -136,7 +140,8 @@ def test_summary_intervals_are_recomputed_from_the_raw_metrics(tiny_study: Path)
     accuracy = {(m["variant"], m["seed"]): m["test_acc"] for m in raw}
     seeds = sorted({seed for _, seed in accuracy})
     summary = pd.read_csv(tiny_study / RESULTS / "summary.csv").set_index("variant")
-    assert sorted(summary.index) == sorted({variant for variant, _ in accuracy}) and len(seeds) == 2
+    assert sorted(summary.index) == sorted({variant for variant, _ in accuracy})
+    assert len(seeds) == 2
     for variant, row in summary.iterrows():
         values = np.array([accuracy[variant, seed] for seed in seeds])
         half = _half_width(values)  # cut to [0, 1]: an accuracy cannot leave it

@@ -27,7 +27,8 @@ def test_paired_interval_is_the_t_interval_of_per_seed_differences() -> None:
     base = {0: 0.70, 1: 0.72, 2: 0.75, 3: 0.80, 4: 0.9}
     diff, low, high, pairs = paired_difference_interval(variant, base)
     interval = stats.ttest_rel([0.71, 0.74, 0.78], [0.70, 0.72, 0.75]).confidence_interval(0.95)
-    assert pairs == 3 and diff == pytest.approx(0.02)
+    assert pairs == 3
+    assert diff == pytest.approx(0.02)
     assert (low, high) == pytest.approx((interval.low, interval.high))
 
 
@@ -53,7 +54,8 @@ def test_results_carry_learning_rate_steps_state_and_speed(tmp_path: Path) -> No
     results = collect_results(fixture.study, fixture.metrics, ["measures", "shift"])
     assert len(results) == len(fixture.study.variants) * 3
     raw = [json.loads(Path(p).read_text()) for p in fixture.metrics]
-    assert results["lr"].tolist() == [m["lr"] for m in raw] and results["steps"].tolist() == [m["steps"] for m in raw]
+    assert results["lr"].tolist() == [m["lr"] for m in raw]
+    assert results["steps"].tolist() == [m["steps"] for m in raw]
     assert results["trained"].tolist() == [m["trained"] for m in raw]
     base_val = np.mean([m["val_acc"] for m in raw if m["variant"] == "base"])
     target = 0.9 * base_val
@@ -65,9 +67,11 @@ def test_results_carry_learning_rate_steps_state_and_speed(tmp_path: Path) -> No
 
     summary = summarize(results, read_tuning(fixture.tuning)).set_index("variant")
     assert not summary.loc["norm-none", "trained"]  # at chance: the runs and the search say so
-    assert summary.loc["pool-none", "trained_runs"] == 2 and not summary.loc["pool-none", "trained"]
+    assert summary.loc["pool-none", "trained_runs"] == 2
+    assert not summary.loc["pool-none", "trained"]
     assert summary.loc["pool-none", "paired_seeds"] == 2  # the diverged seed has no accuracy to pair
-    assert summary.loc["base", "tuned_lr"] == 0.03 and summary.loc["base", "lr_mean"] == 0.03
+    assert summary.loc["base", "tuned_lr"] == 0.03
+    assert summary.loc["base", "lr_mean"] == 0.03
     avg = results[results["variant"] == "pool-avg"].set_index("seed")["test_acc"]
     base = results[results["variant"] == "base"].set_index("seed")["test_acc"]
     interval = stats.ttest_rel(avg, base).confidence_interval(0.95)

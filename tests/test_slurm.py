@@ -135,7 +135,8 @@ def test_train_and_tune_jobs_request_one_gpu_cpus_per_gpu_memory_and_runtime(tmp
         assert option(args, "-D") == str(tmp_path)
         assert "--export=ALL" in args, "jobs inherit MLFLOW_TRACKING_URI from the submitting shell"
         wrapped = option(args, "--wrap")
-        assert "--executor slurm-jobstep" in wrapped and f"--allowed-rules {rule}" in wrapped
+        assert "--executor slurm-jobstep" in wrapped
+        assert f"--allowed-rules {rule}" in wrapped
         assert "--cores 'all'" in wrapped, "the job step uses its allocation, not the login node's core count"
 
     # A local rule ran here (it wrote its output) and nothing local went to sbatch.
@@ -168,7 +169,8 @@ def test_analysis_jobs_request_a_gpu_and_data_jobs_cpus_only(tmp_path, monkeypat
     for comment, args in sbatch.items():
         wanted = profile_resources(rule_of(comment))
         if rule_of(comment) == "prepare_data":
-            assert option(args, "--gpus") is None and option(args, "--gres") is None, (comment, args)
+            assert option(args, "--gpus") is None, (comment, args)
+            assert option(args, "--gres") is None, (comment, args)
             assert option(args, "--cpus-per-task") == "1", (comment, args)
         else:  # the analyses claim a GPU like training, sharing it per train.jobs_per_gpu
             assert option(args, "--gpus") == "1", (comment, args)

@@ -30,10 +30,13 @@ def test_a_finished_training_run_is_mirrored_with_its_curves_numbers_attempts_an
     assert json.loads((tmp_path / "tracked.json").read_text()) == {"run_id": run_id}
     client = MlflowClient(json.loads(setup.read_text())["tracking_uri"])
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags[JOB_KEY_TAG] == "tiny/base/seed0"
-    assert run.data.params["model.arch"] == "conv" and float(run.data.params["train.peak_lr"]) == metrics["lr"]
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[JOB_KEY_TAG] == "tiny/base/seed0"
+    assert run.data.params["model.arch"] == "conv"
+    assert float(run.data.params["train.peak_lr"]) == metrics["lr"]
     assert run.data.metrics["final_test_acc"] == metrics["test_acc"]
-    assert run.data.metrics["final_retried"] == 1.0 and run.data.metrics["attempt2.lr"] == 0.02
+    assert run.data.metrics["final_retried"] == 1.0
+    assert run.data.metrics["attempt2.lr"] == 0.02
     history = pd.read_csv(job.run_dir / "history.csv")
     curve = client.get_metric_history(run_id, "val_acc")
     assert [point.step for point in curve] == history["step"].tolist()
@@ -54,7 +57,8 @@ def test_a_learning_rate_search_is_mirrored_as_a_tuning_run(tmp_path, setup) -> 
     run_id = track_tuning(setup, tmp_path / "search.json", tmp_path / "tracked.json")
     client = MlflowClient(json.loads(setup.read_text())["tracking_uri"])
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags[ROLE_TAG] == "tuning"
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[ROLE_TAG] == "tuning"
     assert run.data.metrics["chosen_lr"] == 0.1
     assert [p.value for p in client.get_metric_history(run_id, "lr_0.1/val_acc")] == [0.3, 0.5]  # NaN skipped
 
@@ -68,4 +72,5 @@ def test_a_run_whose_mirroring_fails_ends_failed(tmp_path, setup) -> None:
     client = MlflowClient(json.loads(setup.read_text())["tracking_uri"])
     experiment = json.loads(setup.read_text())["experiment_id"]
     runs = client.search_runs([experiment], f"tags.`{JOB_KEY_TAG}` = 'tiny/base/seed0'")
-    assert [run.info.status for run in runs] == ["FAILED"] and not (tmp_path / "tracked.json").exists()
+    assert [run.info.status for run in runs] == ["FAILED"]
+    assert not (tmp_path / "tracked.json").exists()

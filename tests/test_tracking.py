@@ -131,7 +131,8 @@ def test_parent_run_holds_the_study_and_finishes_with_it(tmp_path) -> None:
     logged = {item.path for item in client.list_artifacts(parent.info.run_id, "study")}
     assert logged == {"study/config.yaml", "study/summary.csv", "study/results.csv", "study/index.html"}
     commit = git_commit()
-    assert commit != "unknown" and len(commit.removesuffix("+dirty")) == 40
+    assert commit != "unknown"
+    assert len(commit.removesuffix("+dirty")) == 40
     for run in (parent, client.get_run(child.run_id)):
         assert run.data.tags[GIT_COMMIT_TAG] == commit.removesuffix("+dirty")
         assert run.data.tags["git_commit"] == commit

@@ -61,17 +61,23 @@ def test_train_batches_drop_the_last_partial_batch_and_normalise() -> None:
     batches = list(data.train_batches(32, torch.Generator().manual_seed(0), 4, True))
     assert [len(labels) for _, labels in batches] == [32, 32]
     everything = data.normalize(data.images)
-    assert abs(float(everything.mean())) < 1e-3 and abs(float(everything.std()) - 1) < 0.05
+    assert abs(float(everything.mean())) < 1e-3
+    assert abs(float(everything.std()) - 1) < 0.05
 
 
 def test_schedule_warms_up_holds_then_decays_to_zero_from_where_it_was_told() -> None:
     schedule = Schedule(warmup_steps=10)
-    assert schedule.multiplier(0) == pytest.approx(0.1) and schedule.multiplier(9) == pytest.approx(1.0)
-    assert schedule.multiplier(500) == 1.0 and not schedule.finished(10_000)
+    assert schedule.multiplier(0) == pytest.approx(0.1)
+    assert schedule.multiplier(9) == pytest.approx(1.0)
+    assert schedule.multiplier(500) == 1.0
+    assert not schedule.finished(10_000)
     schedule.start_decay(100, 20)
-    assert schedule.multiplier(99) == 1.0 and schedule.multiplier(100) == 1.0
-    assert schedule.multiplier(110) == pytest.approx(0.5) and schedule.multiplier(120) == 0.0
-    assert not schedule.finished(119) and schedule.finished(120)
+    assert schedule.multiplier(99) == 1.0
+    assert schedule.multiplier(100) == 1.0
+    assert schedule.multiplier(110) == pytest.approx(0.5)
+    assert schedule.multiplier(120) == 0.0
+    assert not schedule.finished(119)
+    assert schedule.finished(120)
 
 
 def test_convergence_counts_steps_since_any_signal_improved_by_min_delta_on_its_scale() -> None:
@@ -80,10 +86,12 @@ def test_convergence_counts_steps_since_any_signal_improved_by_min_delta_on_its_
     convergence.update(20, 0.6, 0.9, 1.4)
     assert convergence.improved_at == 20
     convergence.update(30, 0.605, 0.885, 1.39)  # +0.005 accuracy, -0.015 and -0.01 nats: none counts
-    assert convergence.improved_at == 20 and convergence.best_val_acc == 0.605
+    assert convergence.improved_at == 20
+    assert convergence.best_val_acc == 0.605
     convergence.update(40, 0.1, 5.0, 1.35)  # validation collapsed (lagging batch-norm statistics), training fits
     assert convergence.improved_at == 40
-    assert convergence.best_val_loss == 0.885 and convergence.best_train_loss == 1.35
+    assert convergence.best_val_loss == 0.885
+    assert convergence.best_train_loss == 1.35
 
 
 def test_a_run_trained_when_its_training_loss_left_the_loss_of_guessing() -> None:
@@ -167,14 +175,22 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
         "versions",
         "git_commit",
     } <= set(metrics)
-    assert metrics["epochs_completed"] == 2 and metrics["steps"] == 6 and metrics["stop_reason"] == "cap"
-    assert metrics["diverged"] is False and 0 <= metrics["test_acc"] <= 1
-    assert metrics["validation_images"] == 64 and metrics["train_images"] == 192
-    assert metrics["lr"] == 0.05 and metrics["lr_source"] == "shared"
+    assert metrics["epochs_completed"] == 2
+    assert metrics["steps"] == 6
+    assert metrics["stop_reason"] == "cap"
+    assert metrics["diverged"] is False
+    assert 0 <= metrics["test_acc"] <= 1
+    assert metrics["validation_images"] == 64
+    assert metrics["train_images"] == 192
+    assert metrics["lr"] == 0.05
+    assert metrics["lr_source"] == "shared"
     history = (run / "history.csv").read_text().splitlines()
-    assert len(history) == 3 and "val_acc" in history[0] and "test" not in history[0]
+    assert len(history) == 3
+    assert "val_acc" in history[0]
+    assert "test" not in history[0]
     state = torch.load(run / "model.pt", weights_only=True)
-    assert isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())
+    assert isinstance(state, dict)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
 
 
@@ -184,24 +200,30 @@ def test_the_cooldown_starts_after_patience_steps_without_improvement(tmp_path) 
     metrics = train(
         make_job(tmp_path, "flat", lr=1e-6, max_steps=300, patience=6, min_steps=0, cooldown=0.5, min_delta=0.5)
     )
-    assert metrics["stop_reason"] == "plateau" and metrics["steps"] == 14 and metrics["epochs_completed"] == 5
+    assert metrics["stop_reason"] == "plateau"
+    assert metrics["steps"] == 14
+    assert metrics["epochs_completed"] == 5
     history = pd.read_csv(tmp_path / "flat" / "run" / "history.csv")
     assert history["step"].tolist() == [3, 6, 9, 12, 14]
-    assert history["lr"][2] == pytest.approx(1e-6) and history["lr"].iloc[-1] < history["lr"][3] < history["lr"][2]
+    assert history["lr"][2] == pytest.approx(1e-6)
+    assert history["lr"].iloc[-1] < history["lr"][3] < history["lr"][2]
 
 
 def test_no_run_is_judged_converged_before_its_minimum_budget(tmp_path) -> None:
     metrics = train(
         make_job(tmp_path, "patient", lr=1e-6, max_steps=300, patience=3, min_steps=21, cooldown=0.0, min_delta=0.5)
     )
-    assert metrics["stop_reason"] == "plateau" and metrics["steps"] == 21
+    assert metrics["stop_reason"] == "plateau"
+    assert metrics["steps"] == 21
 
 
 def test_validation_runs_every_eval_every_steps_within_long_epochs(tmp_path) -> None:
     metrics = train(make_job(tmp_path, "often", max_steps=6, eval_every=1))
     history = pd.read_csv(tmp_path / "often" / "run" / "history.csv")
-    assert history["step"].tolist() == [1, 2, 3, 4, 5, 6] and history["epoch"].tolist() == [1, 1, 1, 2, 2, 2]
-    assert metrics["epochs_completed"] == 2 and metrics["steps"] == 6
+    assert history["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert history["epoch"].tolist() == [1, 1, 1, 2, 2, 2]
+    assert metrics["epochs_completed"] == 2
+    assert metrics["steps"] == 6
 
 
 def _brightness_classes(path: Path) -> None:
@@ -217,11 +239,16 @@ def _brightness_classes(path: Path) -> None:
 def test_a_run_that_does_not_optimise_did_not_train_and_one_stopped_by_the_cap_is_not_converged(tmp_path) -> None:
     _brightness_classes(tmp_path / "data.npz")
     still = train(make_job(tmp_path, "still", lr=1e-9, max_steps=6, label_smoothing=0.0))
-    assert still["outcome"] == "did_not_train" and still["trained"] is False and still["chance"] == 0.1
+    assert still["outcome"] == "did_not_train"
+    assert still["trained"] is False
+    assert still["chance"] == 0.1
     assert still["best_train_loss"] > 0.9 * math.log(10)
     learned = train(make_job(tmp_path, "learns", lr=0.2, max_steps=60, patience=60, min_steps=60))
-    assert learned["outcome"] == "not_converged" and learned["stop_reason"] == "cap"
-    assert learned["trained"] is True and learned["converged"] is False and learned["val_acc"] > 0.3
+    assert learned["outcome"] == "not_converged"
+    assert learned["stop_reason"] == "cap"
+    assert learned["trained"] is True
+    assert learned["converged"] is False
+    assert learned["val_acc"] > 0.3
 
 
 def test_a_final_run_far_below_its_tuning_run_is_retried_once_at_the_next_lower_rate(tmp_path) -> None:
@@ -235,14 +262,20 @@ def test_a_final_run_far_below_its_tuning_run_is_retried_once_at_the_next_lower_
     }
     job = dataclasses.replace(make_job(tmp_path, "retry", max_steps=6), tuning=tuning)
     metrics = train(job)
-    assert metrics["retried"] is True and [a["lr"] for a in metrics["attempts"]] == [0.05, 0.02]
-    assert metrics["attempts"][0]["tuning_val_acc"] == 1.0 and metrics["attempts"][1]["tuning_val_acc"] == 0.2
+    assert metrics["retried"] is True
+    assert [a["lr"] for a in metrics["attempts"]] == [0.05, 0.02]
+    assert metrics["attempts"][0]["tuning_val_acc"] == 1.0
+    assert metrics["attempts"][1]["tuning_val_acc"] == 0.2
     best = max(metrics["attempts"], key=lambda attempt: attempt["val_acc"])
-    assert metrics["lr"] == best["lr"] and metrics["val_acc"] == best["val_acc"]
-    assert metrics["lr_source"] == "tuned" and not list(tmp_path.glob("retry/checkpoint*"))
+    assert metrics["lr"] == best["lr"]
+    assert metrics["val_acc"] == best["val_acc"]
+    assert metrics["lr_source"] == "tuned"
+    assert not list(tmp_path.glob("retry/checkpoint*"))
     tuning["grid"][2]["val_acc"] = 0.0  # a final run at least as good as its tuning run is not retried
     again = train(dataclasses.replace(job, run_dir=tmp_path / "again"))
-    assert again["retried"] is False and len(again["attempts"]) == 1 and again["lr"] == 0.05
+    assert again["retried"] is False
+    assert len(again["attempts"]) == 1
+    assert again["lr"] == 0.05
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, caplog) -> None:
@@ -252,8 +285,10 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path, caplog) -
     _train_epochs_then_stop(job, 2)  # after the plateau decision: the schedule's decay state is resumed too
     caplog.set_level("INFO")
     resumed = train(job)
-    assert "resumed from checkpoint" in caplog.text and resumed["resumed_from_epoch"] == 2
-    assert full["stop_reason"] == "plateau" and full["epochs_completed"] > 2
+    assert "resumed from checkpoint" in caplog.text
+    assert resumed["resumed_from_epoch"] == 2
+    assert full["stop_reason"] == "plateau"
+    assert full["epochs_completed"] > 2
     for key in ("test_acc", "test_loss", "val_acc", "train_loss", "steps", "stop_reason", "epochs_completed"):
         assert resumed[key] == full[key]
     full_history = (tmp_path / "full" / "run" / "history.csv").read_text().splitlines()
@@ -271,7 +306,8 @@ def test_a_checkpoint_of_another_recipe_is_ignored(tmp_path, caplog) -> None:
     assert changed.fingerprint(changed.peak_lr) != job.fingerprint(job.peak_lr)
     caplog.set_level("INFO")
     metrics = train(changed)
-    assert "ignoring checkpoint" in caplog.text and metrics["resumed_from_epoch"] is None
+    assert "ignoring checkpoint" in caplog.text
+    assert metrics["resumed_from_epoch"] is None
 
 
 def _train_epochs_then_stop(job: TrainJob, epochs: int) -> None:
@@ -303,8 +339,11 @@ def test_a_diverging_run_is_recorded_not_raised(tmp_path) -> None:
     metrics = train(
         make_job(tmp_path, "nan", variant="arch-fc", max_steps=9, lr=1e6, warmup_epochs=0, label_smoothing=0.0)
     )
-    assert metrics["diverged"] is True and metrics["test_acc"] is None and metrics["trained"] is False
-    assert metrics["epochs_completed"] < 3 and metrics["stop_reason"] == "diverged"
+    assert metrics["diverged"] is True
+    assert metrics["test_acc"] is None
+    assert metrics["trained"] is False
+    assert metrics["epochs_completed"] < 3
+    assert metrics["stop_reason"] == "diverged"
     saved = json.loads((tmp_path / "nan" / "run" / "metrics.json").read_text())
     assert saved["diverged"] is True
 
@@ -313,12 +352,14 @@ def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:
     """Every convolution and linear layer computes in bf16, convolutions on channels_last inputs and weights."""
     with recording_layers() as calls:
         metrics = train(make_job(tmp_path, "bf16", max_steps=3, precision="bf16", channels_last="on"))
-    assert metrics["precision"] == "torch.bfloat16" and metrics["channels_last"] is True
+    assert metrics["precision"] == "torch.bfloat16"
+    assert metrics["channels_last"] is True
     assert np.isfinite(metrics["train_loss"])
     convolutions = [call for call in calls if call.layer == "Conv2d"]
-    assert convolutions and any(call.layer == "Linear" for call in calls)
+    assert convolutions, "no Conv2d call was recorded"
+    assert any(call.layer == "Linear" for call in calls)
     assert {call.output_dtype for call in calls} == {torch.bfloat16}
-    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions)
+    assert all(call.input_channels_last and call.weight_channels_last for call in convolutions), convolutions
 
 
 def test_crop_and_flip_together_give_a_mirrored_or_plain_window() -> None:

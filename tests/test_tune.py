@@ -61,10 +61,13 @@ def test_tuning_never_reads_the_test_split(tmp_path, monkeypatch) -> None:
     )
     assert {"x_train", "x_val", "y_val"} <= set(read), "the guard must see the splits tuning does read"
     assert not [key for key in read if "test" in key], f"tuning read the test split: {read}"
-    assert result["chosen_lr"] in (0.01, 0.1) and len(result["grid"]) == 2
-    assert result["validation_images"] == 64 and result["tuning_images"] == 96
+    assert result["chosen_lr"] in (0.01, 0.1)
+    assert len(result["grid"]) == 2
+    assert result["validation_images"] == 64
+    assert result["tuning_images"] == 96
     saved = json.loads((tmp_path / "t.json").read_text())
-    assert saved == result and not (tmp_path / "r.pt").exists()
+    assert saved == result
+    assert not (tmp_path / "r.pt").exists()
 
 
 def test_an_interrupted_sweep_keeps_its_finished_learning_rates(tmp_path, monkeypatch) -> None:
@@ -92,7 +95,8 @@ def test_an_interrupted_sweep_keeps_its_finished_learning_rates(tmp_path, monkey
         "base", spec, config["train"], config["tune"], dataset, tmp_path / "b.json", tmp_path / "b.pt"
     )
     assert tried_after == [0.1], "only the unfinished learning rate is trained again"
-    assert resumed["grid"] == reference["grid"] and resumed["chosen_lr"] == reference["chosen_lr"]
+    assert resumed["grid"] == reference["grid"]
+    assert resumed["chosen_lr"] == reference["chosen_lr"]
 
 
 def test_agc_clips_each_unit_as_the_nfnet_formula_says() -> None:
@@ -131,8 +135,10 @@ def test_an_nf_network_trains_with_agc(tmp_path) -> None:
         max_steps=3,
     )
     progress = run_to_convergence(fit, fit.new_progress())
-    assert not progress.diverged and progress.step == 3
-    assert math.isfinite(progress.history[-1]["train_loss"]) and math.isfinite(progress.history[-1]["val_loss"])
+    assert not progress.diverged
+    assert progress.step == 3
+    assert math.isfinite(progress.history[-1]["train_loss"])
+    assert math.isfinite(progress.history[-1]["val_loss"])
 
 
 def test_tuning_runs_the_final_runs_loop_so_the_same_budget_gives_the_same_validation_accuracy(tmp_path) -> None:
@@ -142,8 +148,10 @@ def test_tuning_runs_the_final_runs_loop_so_the_same_budget_gives_the_same_valid
 
     tune = {"seed": job.seed, "max_steps": 9}
     tuned = try_learning_rate(job.spec, load_prepared(job.dataset, test=False), job.recipe, tune, job.peak_lr)
-    assert tuned.val_acc == final["val_acc"] and tuned.steps == final["steps"]
-    assert tuned.stop_reason == final["stop_reason"] and tuned.trained == final["trained"]
+    assert tuned.val_acc == final["val_acc"]
+    assert tuned.steps == final["steps"]
+    assert tuned.stop_reason == final["stop_reason"]
+    assert tuned.trained == final["trained"]
 
 
 def test_the_search_steps_past_the_edge_holding_the_best_rate_within_its_bounds() -> None:
@@ -171,5 +179,6 @@ def test_tuning_extends_the_grid_while_the_best_rate_sits_at_its_edge(tmp_path, 
     tune = {**config["tune"], "extend": 2, "lr_range": [1e-4, 20.0]}
     result = tune_variant("base", spec, config["train"], tune, dataset, tmp_path / "t.json", tmp_path / "r.pt")
     assert tried == [(0.01, False), (0.1, False), (1.0, True), (10.0, True)]
-    assert result["chosen_lr"] == 1.0 and [p["lr"] for p in result["grid"]] == [0.01, 0.1, 1.0, 10.0]
+    assert result["chosen_lr"] == 1.0
+    assert [p["lr"] for p in result["grid"]] == [0.01, 0.1, 1.0, 10.0]
     assert [p["extended"] for p in result["grid"]] == [False, False, True, True]

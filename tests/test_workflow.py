@@ -31,7 +31,8 @@ def test_tiny_study_has_one_result_and_one_finished_run_per_variant_and_seed(tin
         run_id = json.loads((path.parent / "mlflow_run.json").read_text())["run_id"]
         run = next(r for r in finished_runs(tiny_study, "tiny") if r.info.run_id == run_id)
         assert run.data.metrics["final_test_acc"] == values["test_acc"]
-        assert "measures.params" in run.data.metrics and "shift.shift_acc_2px" in run.data.metrics
+        assert "measures.params" in run.data.metrics
+        assert "shift.shift_acc_2px" in run.data.metrics
         assert run.data.params["model.arch"] == values["spec"]["arch"]
     assert (tiny_study / "reports" / "tiny" / "index.html").exists()
 

@@ -49,7 +49,8 @@ def test_a_project_error_is_one_line_without_traceback(tmp_path) -> None:
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].endswith("prepare_data: data.path: missing.npz does not exist"), lines
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("prepare_data: data.path: missing.npz does not exist"), lines
     assert "Traceback" not in result.stderr
     assert lines[0] in (tmp_path / "job.log").read_text()
 
@@ -63,7 +64,8 @@ def test_an_unexpected_error_keeps_its_traceback(tmp_path) -> None:
         """,
     )
     assert result.returncode == 1
-    assert "shift_robustness_figure job failed" in result.stderr and "Traceback" in result.stderr
+    assert "shift_robustness_figure job failed" in result.stderr
+    assert "Traceback" in result.stderr
     assert "Traceback" in (tmp_path / "job.log").read_text()
 
 
@@ -97,7 +99,8 @@ def test_training_job_uses_snakemakes_threads_imports_little_and_exits_cleanly(t
     log = (tmp_path / "train.log").read_text()
     assert "torch uses 2 thread(s)" in log  # Snakemake's threads, not the recipe's
     assert "train job function took" in log  # flushed before the process exit
-    assert (tmp_path / "run/metrics.json").exists() and (tmp_path / "run/model.pt").stat().st_size > 0
+    assert (tmp_path / "run/metrics.json").exists()
+    assert (tmp_path / "run/model.pt").stat().st_size > 0
     assert "heavy modules: []" in result.stdout
 
 
