@@ -98,7 +98,15 @@ def test_the_workflow_reads_the_file_and_carves_its_validation_split(source, tmp
     assert set(np.unique(prepared.y_val)) == set(range(len(built.classes)))
 
 
-def test_the_config_is_the_demo_reading_the_npz(tmp_path: Path) -> None:
+@pytest.fixture
+def npz(tmp_path: Path) -> Path:
+    """A valid npz at tmp_path/d.npz: the config checks the file and its layout before anything runs."""
+    images, labels = np.zeros((20, 32, 32, 3), dtype=np.uint8), np.arange(20) % 10
+    np.savez(tmp_path / "d.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    return tmp_path / "d.npz"
+
+
+def test_the_config_is_the_demo_reading_the_npz(tmp_path: Path, npz: Path) -> None:
     config = real_data.study_config(DEMO, tmp_path / "d.npz", "real-digits", [0])
     assert config["data"] == {"dataset": "npz", "path": str((tmp_path / "d.npz").resolve())}
     assert config["seeds"] == [0]
@@ -111,7 +119,7 @@ def test_the_config_is_the_demo_reading_the_npz(tmp_path: Path) -> None:
     assert len(real_data.run_targets(study)) == 15
 
 
-def test_a_cut_keeps_base_and_the_named_blocks_and_overrides_the_step_cap(tmp_path: Path) -> None:
+def test_a_cut_keeps_base_and_the_named_blocks_and_overrides_the_step_cap(tmp_path: Path, npz: Path) -> None:
     config = real_data.study_config(DEMO, tmp_path / "d.npz", "cut", [0, 1], ["pooling"], max_steps=50)
     study = Study.from_config(validate_config(config))
     assert sorted(study.variants) == ["base", "pool-avg", "pool-none", "pool-stride"]
@@ -136,7 +144,7 @@ def write_run(results: Path, variant: str, seed: int, **metrics) -> None:
     (run / "metrics.json").write_text(json.dumps({"variant": variant, "seed": seed, **metrics}))
 
 
-def test_rows_read_each_run_and_its_tuning_and_count_only_trained_runs(tmp_path: Path) -> None:
+def test_rows_read_each_run_and_its_tuning_and_count_only_trained_runs(tmp_path: Path, npz: Path) -> None:
     config = real_data.study_config(DEMO, tmp_path / "d.npz", "t", [0], ["pooling"])
     study = Study.from_config(validate_config(config))
     results = tmp_path / "results/t"
