@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from cnnablate.config import (
     Study,
     job_param,
     load_config,
-    restore_job_params,
+    read_job_param,
     validate_config,
     variant_id,
 )
@@ -128,9 +127,7 @@ def test_job_params_leave_neutral_keys_out_and_the_job_gets_them_back() -> None:
     assert "dropout" not in json.loads(job_param("model", spec))
     assert json.loads(job_param("model", {**spec, "dropout": 0.1}))["dropout"] == 0.1
     assert json.loads(job_param("model", spec))["residual"] is False  # no neutral: kept, so a new default reruns
-    params = SimpleNamespace(spec=job_param("model", spec))
-    restore_job_params(params, spec="model")
-    assert json.loads(params.spec) == spec
+    assert read_job_param(job_param("model", spec), "model") == spec
 
 
 def test_defaults_are_filled_in() -> None:

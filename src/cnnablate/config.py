@@ -6,7 +6,7 @@ to the model schema is at once valid in ``base`` and in every ablation block.
 
 A key added after studies have run declares ``neutral``: the value at which it changes nothing (what every run
 before it did). The jobs' params leave such a key out at that value (:func:`job_param`) and the jobs fill it
-back in (:func:`restore_job_params`), so adding the key reruns nothing, and any other value reruns exactly the
+back in (:func:`read_job_param`), so adding the key reruns nothing, and any other value reruns exactly the
 jobs it changes. ``neutral`` is not the default: changing a default later still reruns what it changes.
 """
 
@@ -108,14 +108,13 @@ def job_param(section: str, value: Mapping[str, Any]) -> str:
     return canonical(_without_neutral(section, value))
 
 
-def restore_job_params(params: Any, **sections: str) -> None:
-    """Put the neutral keys that :func:`job_param` left out back into a job's params, so the job sees every key.
+def read_job_param(text: str, section: str) -> dict[str, Any]:
+    """A param :func:`job_param` encoded, decoded with the neutral keys it left out put back: the job sees every key.
 
-    ``sections`` maps a param name to its config section, e.g. ``recipe="train"``: the job function calls this
-    before it reads them (``restore_job_params(smk.params, spec="model", recipe="train")``).
+    Returns a new dict: Snakemake hands a script a fresh params object on every access, so nothing written onto
+    it would stay.
     """
-    for name, section in sections.items():
-        setattr(params, name, canonical(with_neutral(section, json.loads(getattr(params, name)))))
+    return with_neutral(section, json.loads(text))
 
 
 # sections of a whole study config whose neutral keys study_param leaves out: the config key -> its schema section
@@ -129,7 +128,7 @@ def study_param(config: Mapping[str, Any]) -> str:
     return canonical({**config, **lean})
 
 
-def restore_study_param(text: str) -> dict[str, Any]:
+def read_study_param(text: str) -> dict[str, Any]:
     """The config :func:`study_param` encoded, neutral keys put back."""
     config = json.loads(text)
     for key, section in STUDY_SECTIONS.items():

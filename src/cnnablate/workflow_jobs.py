@@ -158,9 +158,8 @@ def mlflow_setup(smk: Any) -> None:
 
 @workflow_job("cnnablate.train", "cnnablate.tune")
 def train(smk: Any) -> None:
-    from cnnablate.config import restore_job_params
+    from cnnablate.config import read_job_param
 
-    restore_job_params(smk.params, spec="model", recipe="train")
     set_torch_threads(smk.threads)
     share_compile_cache(smk.params.checkpoint)
     from cnnablate.train import TrainJob
@@ -173,8 +172,8 @@ def train(smk: Any) -> None:
             study=smk.params.study,
             variant=smk.wildcards.variant,
             seed=int(smk.wildcards.seed),
-            spec=json.loads(smk.params.spec),
-            recipe=json.loads(smk.params.recipe),
+            spec=read_job_param(smk.params.spec, "model"),
+            recipe=read_job_param(smk.params.recipe, "train"),
             dataset=Path(smk.input.data),
             run_dir=Path(smk.output.metrics).parent,
             checkpoint=Path(smk.params.checkpoint),
@@ -185,18 +184,17 @@ def train(smk: Any) -> None:
 
 @workflow_job("cnnablate.tune")
 def tune(smk: Any) -> None:
-    from cnnablate.config import restore_job_params
+    from cnnablate.config import read_job_param
 
-    restore_job_params(smk.params, spec="model", recipe="train", tune="tune")
     set_torch_threads(smk.threads)
     share_compile_cache(smk.params.resume)
     from cnnablate.tune import tune_variant
 
     tune_variant(
         variant=smk.wildcards.variant,
-        spec=json.loads(smk.params.spec),
-        recipe=json.loads(smk.params.recipe),
-        tune=json.loads(smk.params.tune),
+        spec=read_job_param(smk.params.spec, "model"),
+        recipe=read_job_param(smk.params.recipe, "train"),
+        tune=read_job_param(smk.params.tune, "tune"),
         dataset=smk.input.data,
         output=smk.output[0],
         resume_file=smk.params.resume,
@@ -267,11 +265,11 @@ def interpret(smk: Any) -> None:
 
 @workflow_job("cnnablate.report")
 def report(smk: Any) -> None:
-    from cnnablate.config import Study, restore_study_param
+    from cnnablate.config import Study, read_study_param
     from cnnablate.report import build_report
 
     build_report(
-        Study.from_config(restore_study_param(smk.params.config)),
+        Study.from_config(read_study_param(smk.params.config)),
         metrics=list(smk.input.metrics),
         tuning=list(smk.input.tuning),
         interpret=list(smk.input.interpret),
@@ -286,17 +284,16 @@ def report(smk: Any) -> None:
 @workflow_job("cnnablate.rf_laws")
 def rf_laws_study(smk: Any) -> None:
     set_torch_threads(smk.threads)
-    from cnnablate.config import restore_job_params
+    from cnnablate.config import read_job_param
     from cnnablate.rf_laws import study_rf_laws
 
-    restore_job_params(smk.params, base="model")
-    config = {"base": json.loads(smk.params.base), "data": json.loads(smk.params.data)}
+    config = {"base": read_job_param(smk.params.base, "model"), "data": json.loads(smk.params.data)}
     study_rf_laws(config, [Path(path).parent for path in smk.input.metrics], dict(smk.output.items()))
 
 
 @workflow_job("cnnablate.tracking", "mlflow.tracking")
 def mlflow_sync(smk: Any) -> None:
-    from cnnablate.config import restore_study_param
+    from cnnablate.config import read_study_param
     from cnnablate.tracking import finish_study, read_setup, sync_analyses
 
     setup = read_setup(smk.input.tracking)
@@ -307,7 +304,7 @@ def mlflow_sync(smk: Any) -> None:
     synced = sync_analyses(setup, runs, json.loads(smk.params.analyses), json.loads(smk.params.ablations))
     finish_study(
         setup,
-        config=restore_study_param(smk.params.config),
+        config=read_study_param(smk.params.config),
         summary_csv=smk.input.summary,
         artifacts=[smk.input.summary, smk.input.results, smk.input.html],
     )
