@@ -221,6 +221,8 @@ def read_rows(workdir: Path, study: Study) -> list[dict[str, Any]]:
                     "seed": seed,
                     "tuning_val_acc": tuning_val_acc(metrics, tuning),
                     "final_val_acc": metrics.get("val_acc"),
+                    # the learning rates tried, in order: "0.3 -> 0.1" when the run was retried
+                    "attempts": " -> ".join(f"{a['lr']:g}" for a in metrics.get("attempts") or []) or None,
                 }
             )
     return rows

@@ -27,7 +27,7 @@ STUDY = "kill"
 RUN = f"results/{STUDY}/runs/base/seed0"
 METRICS, MEASURES = f"{RUN}/metrics.json", f"{RUN}/measures.json"
 TRAIN_LOG = f"results/{STUDY}/logs/train/base/seed0.log"
-TIMING_COLUMNS = {"epoch_seconds", "images_per_second", "eval_seconds", "elapsed_seconds"}
+TIMING_COLUMNS = {"segment_seconds", "images_per_second", "eval_seconds", "elapsed_seconds"}
 TIMING_METRICS = TIMING_COLUMNS | {"train_seconds"}
 SAME_METRICS = (
     "test_acc",

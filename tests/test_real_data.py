@@ -155,19 +155,20 @@ def test_rows_read_each_run_and_its_tuning_and_count_only_trained_runs(tmp_path:
     run = {"lr": 0.1, "val_acc": 0.95, "steps": 600, "stop_reason": "plateau"}
     write_run(results, "base", 0, test_acc=0.93, **run)
     # a newer job reports its own tuning accuracy and outcome fields: those win over the tuning file
-    write_run(results, "pool-avg", 0, test_acc=0.97, tuning_val_acc=0.9, outcome="trained", attempts=2, **run)
+    attempts = [{"lr": 0.1, "val_acc": 0.5}, {"lr": 0.03, "val_acc": 0.95}]
+    write_run(results, "pool-avg", 0, test_acc=0.97, tuning_val_acc=0.9, outcome="converged", attempts=attempts, **run)
     write_run(results, "pool-stride", 0, test_acc=None, **{**run, "stop_reason": "diverged"})
     rows = {row["variant"]: row for row in real_data.read_rows(tmp_path, study)}
     assert rows["base"]["tuning_val_acc"] == 0.8
     assert rows["base"]["final_val_acc"] == 0.95
     assert rows["pool-avg"]["tuning_val_acc"] == 0.9
-    assert rows["pool-avg"]["attempts"] == 2
+    assert rows["pool-avg"]["attempts"] == "0.1 -> 0.03"
     assert rows["pool-none"]["outcome"] == "no metrics"
     assert real_data.reaching(rows.values()) == (2, 4)  # the diverged and the missing run do not count
     table = real_data.markdown_table(rows.values()).splitlines()
     assert table[2:] == [
         "| base | 0 | 93.0% | 0.1 | 80.0% | 95.0% | 600 | plateau | - | - | - |",
-        "| pool-avg | 0 | 97.0% | 0.1 | 90.0% | 95.0% | 600 | plateau | trained | 2 | - |",
+        "| pool-avg | 0 | 97.0% | 0.1 | 90.0% | 95.0% | 600 | plateau | converged | 0.1 -> 0.03 | - |",
         "| pool-stride | 0 | - | 0.1 | - | 95.0% | 600 | diverged | - | - | - |",  # no tuning file
         "| pool-none | 0 | - | - | - | - | - | - | no metrics | - | - |",
     ]
@@ -192,8 +193,9 @@ def test_the_benchmark_prints_a_row_per_variant_with_numbers_in_range(tmp_path: 
     for row in rows:
         for field in ("test_acc", "tuning_val_acc", "final_val_acc"):
             assert 0 <= float(row[field]) <= 1, (field, row)
-        assert float(row["lr"]) in tiny["tune"]["lrs"]
-        assert 0 < int(row["steps"]) <= tiny["train"]["max_steps"] * int(row["attempts"] or 1)
+        searched = json.loads(next(tmp_path.glob(f"results/*/tuning/{row['variant']}.json")).read_text())
+        assert float(row["lr"]) in [point["lr"] for point in searched["grid"]]  # the grid, extensions included
+        assert 0 < int(row["steps"]) <= tiny["train"]["max_steps"]
         assert re.fullmatch(r"[a-z_-]+", row["stop_reason"])
         assert f"| {100 * float(row['test_acc']):.1f}% | {float(row['lr']):g} |" in printed[row["variant"]]
     reached = sum(float(row["test_acc"]) >= 0.9 for row in rows)

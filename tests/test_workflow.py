@@ -52,18 +52,18 @@ def test_a_reordered_but_equal_config_reruns_nothing(tiny_study: Path) -> None:
     assert "Nothing to be done" in result.stdout + result.stderr, result.stdout[-3000:]
 
 
-def test_eight_training_jobs_at_once_against_sqlite(tmp_path: Path) -> None:
+def test_eight_runs_tracked_at_once_against_sqlite(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
         tiny_config(study="parallel", seeds=[0, 1, 2, 3], ablations={"fc_vs_conv": {"arch": ["fc"]}}),
     )
     targets = [
-        f"results/parallel/runs/{variant}/seed{seed}/metrics.json"
+        f"results/parallel/runs/{variant}/seed{seed}/mlflow_run.json"  # the track jobs: MLflow's writers
         for variant in ("base", "arch-fc")
         for seed in range(4)
     ]
     snakemake(tmp_path, config, "--cores", "8", *targets)
-    logs = "".join(p.read_text() for p in (tmp_path / "results/parallel/logs/train").rglob("*.log"))
+    logs = "".join(p.read_text() for p in (tmp_path / "results/parallel/logs/track").rglob("*.log"))
     assert "locked" not in logs.lower()
     runs = finished_runs(tmp_path, "parallel")
     assert sorted(r.data.tags["cnnablate.job_key"] for r in runs) == sorted(

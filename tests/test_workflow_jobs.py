@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import snakemake, tiny_config, write_config
@@ -107,9 +108,12 @@ def test_training_job_uses_snakemakes_threads_imports_little_and_exits_cleanly(t
 
 @pytest.mark.e2e
 def test_a_failed_job_shows_its_reason_at_the_terminal(tmp_path) -> None:
-    config = write_config(tmp_path, tiny_config(data={"dataset": "npz", "path": "missing.npz"}))
+    # the layout passes the config check; the labels are read by the job, which finds them negative
+    images = np.zeros((20, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "bad.npz", x_train=images, y_train=-np.ones(20, int), x_test=images, y_test=np.zeros(20, int))
+    config = write_config(tmp_path, tiny_config(data={"dataset": "npz", "path": "bad.npz"}))
     result = snakemake(tmp_path, config, "--cores", "1", "results/tiny/data/dataset.npz", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "prepare_data: data.path: missing.npz does not exist" in output
+    assert "prepare_data: bad.npz: y_train has negative labels" in output
     assert "Traceback" not in output
