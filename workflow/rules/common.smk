@@ -36,12 +36,12 @@ wildcard_constraints:
 
 
 def run_file(name):
-    """A file of every run as a rule pattern, named by cnnablate.layout: run_file(layout.METRICS)."""
+    """A file of every run as a pattern for rules (named by cnnablate.layout), e.g. run_file(layout.METRICS)."""
     return str(layout.run_file(RUN, name))
 
 
 def analysis_file(name):
-    """The JSON of numbers an analysis writes for every run, as a rule pattern: RUN/<name>.json."""
+    """The JSON of numbers an analysis writes for every run, as a pattern for rules (RUN/<name>.json)."""
     return str(layout.analysis_file(RUN, name))
 
 
