@@ -25,10 +25,10 @@ pytestmark = pytest.mark.e2e  # every test here runs Snakemake
 
 STUDY = "kill"
 RUN = f"results/{STUDY}/runs/base/seed0"
-METRICS, MEASURES = f"{RUN}/metrics.json", f"{RUN}/measures.json"
+METRICS, MEASURES, TRACKED = f"{RUN}/metrics.json", f"{RUN}/measures.json", f"{RUN}/mlflow_run.json"
 TRAIN_LOG = f"results/{STUDY}/logs/train/base/seed0.log"
 TIMING_COLUMNS = {"segment_seconds", "images_per_second", "eval_seconds", "elapsed_seconds"}
-TIMING_METRICS = TIMING_COLUMNS | {"train_seconds"}
+TIMING_METRICS = TIMING_COLUMNS | {"train_seconds", "final_train_seconds"}
 SAME_METRICS = (
     "test_acc",
     "test_loss",
@@ -97,7 +97,7 @@ def _copy(prepared: Path, workdir: Path) -> Path:
 def reference(prepared: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same study run once without a kill: every killed case must end where this one does."""
     workdir = tmp_path_factory.mktemp("uninterrupted") / "study"
-    snakemake(workdir, _copy(prepared, workdir), "--cores", "1", MEASURES)
+    snakemake(workdir, _copy(prepared, workdir), "--cores", "1", MEASURES, TRACKED)
     return workdir
 
 
@@ -132,7 +132,7 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(
     assert killed.returncode != 0, killed.stderr[-4000:]
     assert not (workdir / target).exists()
     monkeypatch.delenv(KILL_AT_ENV)
-    snakemake(workdir, config, "--cores", "1", target)
+    snakemake(workdir, config, "--cores", "1", target, TRACKED)
 
     metrics, expected = (json.loads((d / METRICS).read_text()) for d in (workdir, reference))
     assert metrics["resumed_from_epoch"] == resumed_from
@@ -149,7 +149,7 @@ def test_a_killed_job_resumes_to_the_uninterrupted_result(
             np.testing.assert_array_equal(np.load(workdir / RUN / name), np.load(reference / RUN / name))
 
     _, runs = _job_runs(workdir)
-    statuses = sorted(run.info.status for run in runs)
-    assert statuses == (["FINISHED"] if resumed_from is None else ["FINISHED", "KILLED"])
+    # MLflow mirrors the run only once it is finished (the track job): a kill leaves no stale RUNNING run behind
+    assert [run.info.status for run in runs] == ["FINISHED"]
     assert {run.data.tags["cnnablate.job_key"] for run in runs} == {f"{STUDY}/base/seed0"}
     assert _metric_history(workdir) == _metric_history(reference)
