@@ -294,8 +294,11 @@ def outcome_study(tmp_path: Path) -> tuple[FixtureStudy, pd.DataFrame, pd.DataFr
     def retried(seed: int, metrics: dict) -> dict:
         if seed != 1:
             return {"tuning_val_acc": 0.82, "retried": False, "attempts": [{"lr": metrics["lr"], "val_acc": 0.81}]}
-        attempts = [{"lr": 0.3, "val_acc": 0.74, "outcome": "converged"}, {"lr": 0.1, "val_acc": 0.815}]
-        return {"tuning_val_acc": 0.82, "retried": True, "attempts": attempts, "lr": 0.1}
+        attempts = [
+            {"lr": 0.3, "val_acc": 0.74, "tuning_val_acc": 0.82, "outcome": "converged"},
+            {"lr": 0.1, "val_acc": 0.815, "tuning_val_acc": 0.79},  # the kept attempt's tuning run differs
+        ]
+        return {"tuning_val_acc": 0.79, "retried": True, "attempts": attempts, "lr": 0.1}
 
     _rewrite_runs(fixture, "kernel_size-5", retried)
     return fixture, *_tables(fixture)
@@ -332,9 +335,12 @@ def test_retries_and_tuning_against_final_are_reported(outcome_study) -> None:  
     assert sentence.startswith(
         "kernel_size-5, seed 1: retried at lr 0.1 after the run at lr 0.3 ended 8.0 points below its tuning run"
     )
+    assert "(74.0% against 82.0% validation accuracy)" in sentence  # the first attempt's own tuning run
     rows = {r["variant"]: r for r in table_rows(members, summary, results)}
-    final = summary.set_index("variant").loc["kernel_size-5", "val_acc_mean"] * 100
-    assert rows["kernel_size-5"]["tuning"] == f"82.0 → {final:.1f}"
+    row = summary.set_index("variant").loc["kernel_size-5"]
+    assert (
+        rows["kernel_size-5"]["tuning"] == f"{row['tuning_val_acc_mean'] * 100:.1f} → {row['val_acc_mean'] * 100:.1f}"
+    )
     assert rows["kernel_size-5"]["lr"].endswith("(1 retried)")
     assert rows["base"]["tuning"].endswith(f"→ {summary.set_index('variant').loc['base', 'val_acc_mean'] * 100:.1f}")
 

@@ -256,16 +256,16 @@ def block_verdict(members: Sequence[str], summary: pd.DataFrame, results: pd.Dat
 
 def retry_sentences(members: Sequence[str], results: pd.DataFrame) -> list[str]:
     """Every final run that was retried at a lower learning rate, with the gap to its tuning run that caused it."""
-    if "first_attempt_lr" not in results:
-        return []
-    retried = results[results["variant"].isin(members) & results["first_attempt_lr"].notna()]
+    retried = results[results["variant"].isin(members) & results["retry_lr"].notna()]
     sentences = []
     for run in retried.itertuples():
-        gap = (run.tuning_val_acc - run.first_attempt_val_acc) * 100
+        first, tuned = run.first_attempt_val_acc, run.first_attempt_tuning_val_acc
+        gap = "diverged" if _missing(first) else f"ended {(tuned - first) * 100:.1f} points below its tuning run"
+        against = "" if _missing(first) else f" ({_points(first)}% against {_points(tuned)}% validation accuracy)"
         sentences.append(
-            f"{run.variant}, seed {run.seed}: retried at lr {run.lr:g} after the run at lr {run.first_attempt_lr:g} "
-            f"ended {gap:.1f} points below its tuning run ({_points(run.first_attempt_val_acc)}% against "
-            f"{_points(run.tuning_val_acc)}% validation accuracy); the better attempt, at lr {run.lr:g}, was kept."
+            f"{run.variant}, seed {run.seed}: retried at lr {run.retry_lr:g} after the run at lr "
+            f"{run.first_attempt_lr:g} {gap}{against}; the attempt with the better validation accuracy, at lr "
+            f"{run.lr:g}, was kept."
         )
     return sentences
 

@@ -84,11 +84,16 @@ def steps_to_reach(history: pd.DataFrame, target: float) -> tuple[float, float]:
     return float(first["step"]), float(first["elapsed_seconds"])
 
 
-def _first_attempt(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The learning rate and validation accuracy of a retried run's first attempt (None when not retried)."""
-    attempts = metrics.get("attempts") or []
-    first = attempts[0] if metrics.get("retried") and len(attempts) > 1 else {}
-    return {"first_attempt_lr": first.get("lr"), "first_attempt_val_acc": first.get("val_acc")}
+def _retry_columns(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A retried run's first attempt (its rate, validation accuracy and its tuning run's) and the rate it was
+    retried at; None when the run was not retried."""
+    first, retry = (metrics["attempts"][0], metrics["attempts"][1]) if metrics["retried"] else ({}, {})
+    return {
+        "first_attempt_lr": first.get("lr"),
+        "first_attempt_val_acc": first.get("val_acc"),
+        "first_attempt_tuning_val_acc": first.get("tuning_val_acc"),
+        "retry_lr": retry.get("lr"),
+    }
 
 
 def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses: Iterable[str] = ()) -> pd.DataFrame:
@@ -111,7 +116,7 @@ def collect_results(study: Study, metrics_paths: Iterable[str | Path], analyses:
         row.update({axis: _cell(variant.spec[axis]) for axis in model_axes()})
         row.update({key: metrics.get(key) for key in RUN_FIELDS})
         row["outcome"] = metrics["outcome"]
-        row.update(_first_attempt(metrics))
+        row.update(_retry_columns(metrics))
         measures = layout.run_file(run, layout.MEASURES)
         if measures.exists():
             row.update(_measure_columns(json.loads(measures.read_text())))
