@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cnnablate.config import Study, validate_config
-from cnnablate.plan import BYTES_PER_PARAM, MACHINES, Plan, VariantCost, format_plan, make_plan
+from cnnablate.plan import BYTES_PER_PARAM, JOB_START_S, MACHINES, Plan, VariantCost, format_plan, make_plan
 from conftest import ROOT, tiny_config
 
 
@@ -23,7 +23,7 @@ def test_costs_follow_the_recipe() -> None:
     assert plan.model_bytes() == 4000 * BYTES_PER_PARAM * 2
     assert plan.largest_checkpoint_bytes() == 2 * 3000 * 4
     work = (plan.training_flops() + plan.tuning_flops()) / MACHINES["cpu"].flops_per_s
-    assert plan.hours(MACHINES["cpu"], 2) == pytest.approx((work + 5.0 * 9) / 2 / 3600)
+    assert plan.hours(MACHINES["cpu"], 2) == pytest.approx((work + JOB_START_S * 9) / 2 / 3600)
     assert all(f"[{machine.source}]" in format_plan(plan, cores=2, gpus=1) for machine in MACHINES.values())
 
 

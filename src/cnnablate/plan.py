@@ -45,7 +45,8 @@ MACHINES = {
         "500.8 ms epoch (CUDA graphs: 299 ms)",
     ),
 }
-JOB_START_S = 5.0  # docs/performance.md: a training job's fixed cost (start, imports, exit), 4.7-5.5 CPU s
+# docs/performance.md: a job's fixed cost (training 1.1-1.9 s, analyses 1.5-1.8 s, the MLflow track job 2.2 s)
+JOB_START_S = 2.0
 BYTES_PER_PARAM = 4  # float32 state dict
 
 
