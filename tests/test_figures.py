@@ -38,6 +38,20 @@ def saved_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[tuple[str, 
     return found
 
 
+@pytest.fixture
+def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Every figure handed to ``figures.save`` while the test runs, kept open to read back its axes."""
+    drawn: list[Figure] = []
+    save = figures.save
+
+    def keep(fig: Figure, path: Path) -> Path:
+        drawn.append(fig)
+        return save(fig, path)
+
+    monkeypatch.setattr(figures, "save", keep)
+    return drawn
+
+
 def test_no_text_overlaps_in_any_report_figure(tmp_path: Path, saved_figures: dict[str, list[tuple[str, str]]]) -> None:
     fixture = write_study(tmp_path)  # writes the shift analysis's figure too
     run = Path(fixture.metrics[0]).parent
@@ -53,21 +67,10 @@ def test_no_text_overlaps_in_any_report_figure(tmp_path: Path, saved_figures: di
     assert {name: pairs for name, pairs in saved_figures.items() if pairs} == {}
 
 
-def test_erf_maps_are_a_compact_grid(tmp_path: Path) -> None:
+def test_erf_maps_are_a_compact_grid(tmp_path: Path, drawn_figures: list[Figure]) -> None:
     maps = [(f"variant-{i}", np.ones((9, 9)), np.ones((9, 9))) for i in range(9)]
-    captured: list[Figure] = []
-    original = figures.save
-
-    def keep(fig: Figure, path: Path) -> Path:
-        captured.append(fig)
-        return original(fig, path)
-
-    figures.save = keep
-    try:
-        figures.erf_grid_figure(maps, 0, tmp_path / "grid.png")
-    finally:
-        figures.save = original
-    images = [ax for ax in captured[0].axes if ax.images]
+    figures.erf_grid_figure(maps, 0, tmp_path / "grid.png")
+    images = [ax for ax in drawn_figures[0].axes if ax.images]
     rows = sorted({round(ax.get_position().y0, 3) for ax in images}, reverse=True)
     columns = {round(ax.get_position().x0, 3) for ax in images}
     # 9 variants: 7 across, then 2; init/trained
@@ -104,24 +107,15 @@ def test_the_counter_sees_crowded_tick_labels() -> None:
     plt.close(fig)
 
 
-def test_learning_rate_ticks_are_the_rates_tried(tmp_path: Path, saved_figures: dict) -> None:
+def test_learning_rate_ticks_are_the_rates_tried(
+    tmp_path: Path, saved_figures: dict, drawn_figures: list[Figure]
+) -> None:
     rates = (0.05, 0.2, 0.8)  # the GPU run's grid: under two decades, where the default log ticks crowd
     variants = ["base", "norm-group", "norm-instance", "norm-nf"]
     searches = {v: _search(v, (0.97, 1.0, 0.99), rates) for v in variants}
     searches["base"]["grid"].append({"lr": 1.6, "val_acc": 0.5, "diverged": False, "extended": True})
-    kept: list[Figure] = []
-    original = figures.save
-
-    def keep(fig: Figure, path: Path) -> Path:
-        kept.append(fig)
-        return original(fig, path)
-
-    figures.save = keep
-    try:
-        figures.lr_sensitivity_figure(searches, variants, figures.variant_styles(variants), "norm", tmp_path / "lr.png")
-    finally:
-        figures.save = original
-    ax = kept[0].axes[0]
+    figures.lr_sensitivity_figure(searches, variants, figures.variant_styles(variants), "norm", tmp_path / "lr.png")
+    ax = drawn_figures[0].axes[0]
     assert list(ax.get_xticks()) == [*rates, 1.6]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
         "0.05",
@@ -135,7 +129,7 @@ def test_learning_rate_ticks_are_the_rates_tried(tmp_path: Path, saved_figures: 
     assert saved_figures["lr.png"] == []
 
 
-def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict) -> None:
+def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict, drawn_figures: list[Figure]) -> None:
     summary = pd.DataFrame(
         {
             "variant": ["base", "a", "b"],
@@ -145,14 +139,8 @@ def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict
             "trained": [True, True, True],
         }
     )
-    kept: list[Figure] = []
-    original = figures.save
-    figures.save = lambda fig, path: kept.append(fig) or original(fig, path)
-    try:
-        figures.cost_figure(summary, figures.variant_styles(["base", "a", "b"]), tmp_path / "cost.png")
-    finally:
-        figures.save = original
-    params, macs = kept[0].axes[:2]
+    figures.cost_figure(summary, figures.variant_styles(["base", "a", "b"]), tmp_path / "cost.png")
+    params, macs = drawn_figures[0].axes[:2]
     lo, hi = params.get_xlim()
     labels = [t.get_text() for t in params.get_xticklabels() if lo <= t.get_position()[0] <= hi]
     assert params.get_xscale() == "linear"
