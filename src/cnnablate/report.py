@@ -41,7 +41,6 @@ DID_NOT_TRAIN_RULE = (
     "the training loss never fell below 90% of ln C (C classes; ln C is the loss of a uniform guess), or the "
     "loss became non-finite (diverged)"
 )
-NOT_TRAINED_TEXT = "did not train"
 NOT_CONVERGED_TEXT = "not converged within the budget"
 PRINTED_RESOLUTION = 0.001  # accuracies are printed to 0.1 points
 CEILING = 0.9995  # a mean that prints as 100.0%: nothing above it to tell variants apart
@@ -284,7 +283,7 @@ def run_state(row: pd.Series) -> str:
     if not row["trained"]:
         untrained = seeds - row["trained_runs"]
         diverged = f", {row['diverged']} diverged" if row["diverged"] else ""
-        return NOT_TRAINED_TEXT + ("" if untrained == seeds else f" in {untrained} of {seeds} seeds") + diverged
+        return figures.NOT_TRAINED + ("" if untrained == seeds else f" in {untrained} of {seeds} seeds") + diverged
     capped = _not_converged(row)
     if capped:
         return f"{NOT_CONVERGED_TEXT}: {capped} of {seeds} runs at the cap"
@@ -380,7 +379,7 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
     notes.append(
         f"Outcome: converged = stopped because validation accuracy, validation loss and training loss all "
         f"stopped improving; {NOT_CONVERGED_TEXT} = reached train.max_steps while still improving (its accuracy "
-        f"is a lower bound; every verdict naming it says so); {NOT_TRAINED_TEXT}: {DID_NOT_TRAIN_RULE}. A "
+        f"is a lower bound; every verdict naming it says so); {figures.NOT_TRAINED}: {DID_NOT_TRAIN_RULE}. A "
         "retried run ended more than 5 validation points below its tuning run and was run once more at the next "
         "lower learning rate; the attempt with the better validation accuracy was kept."
     )
