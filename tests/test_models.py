@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnablate.config import ConfigError, load_schema, validate_config
@@ -85,6 +86,36 @@ def test_locally_connected_with_shared_weights_equals_a_convolution() -> None:
         local.bias.copy_(conv.bias.view(5, 1, 1).expand_as(local.bias))
     x = torch.randn(4, 3, 9, 9)
     torch.testing.assert_close(local(x), conv(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("size", "kernel", "stride", "padding", "dilation"),
+    [(9, 3, 1, 1, 1), (9, 3, 2, 2, 2), (8, 5, 2, 0, 1), (7, 3, 1, 3, 3), (6, 1, 1, 0, 1)],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_locally_connected_equals_the_unfold_einsum_definition_and_its_gradients(
+    size: int, kernel: int, stride: int, padding: int, dilation: int, channels_last: bool
+) -> None:
+    """The fast patch matrix (one stack forward, k*k strided adds backward) against the textbook definition."""
+    torch.manual_seed(0)
+    local = LocallyConnected2d(3, 4, (size, size), kernel, stride, padding, dilation).double()
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_()
+
+    def definition(image: torch.Tensor) -> torch.Tensor:
+        patches = F.unfold(image, kernel, dilation=dilation, padding=padding, stride=stride)  # b x C*k*k x positions
+        out = torch.einsum("bkl,lok->bol", patches, local.weight)
+        return out.reshape(image.shape[0], 4, *local.out_size) + local.bias
+
+    upstream = torch.randn(2, 4, *local.out_size, dtype=torch.float64)
+    expected = torch.autograd.grad((definition(x) * upstream).sum(), [x, local.weight, local.bias])
+    got = torch.autograd.grad((local(x) * upstream).sum(), [x, local.weight, local.bias])
+    torch.testing.assert_close(local(x), definition(x))
+    for name, want, have in zip(("input", "weight", "bias"), expected, got, strict=True):
+        torch.testing.assert_close(have, want, msg=lambda m, name=name: f"gradient of {name}: {m}")
+    assert torch.autograd.gradcheck(local, (x,))
 
 
 def test_fc_is_an_mlp_on_pixels() -> None:
