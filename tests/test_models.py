@@ -118,6 +118,29 @@ def test_locally_connected_equals_the_unfold_einsum_definition_and_its_gradients
     assert torch.autograd.gradcheck(local, (x,))
 
 
+@pytest.mark.parametrize("norm", ["layer", "group", "instance"])
+def test_norm_layers_give_torch_results_on_channels_last_cpu_tensors(norm: str) -> None:
+    """The contiguous detour of GroupNorm / InstanceNorm2d changes neither values, gradients nor memory format."""
+    torch.manual_seed(0)
+    ours = NORMS[norm](16, 4)
+    reference = {
+        "layer": nn.GroupNorm(1, 16),
+        "group": nn.GroupNorm(4, 16),
+        "instance": nn.InstanceNorm2d(16, affine=True),
+    }
+    theirs = reference[norm]
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 16, 5, 5).to(memory_format=torch.channels_last).requires_grad_()
+    upstream = torch.randn(2, 16, 5, 5)
+    out = ours(x)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, theirs(x))
+    got = torch.autograd.grad((out * upstream).sum(), [x, *ours.parameters()])
+    expected = torch.autograd.grad((theirs(x) * upstream).sum(), [x, *theirs.parameters()])
+    for have, want in zip(got, expected, strict=True):
+        torch.testing.assert_close(have, want)
+
+
 def test_fc_is_an_mlp_on_pixels() -> None:
     model = build_model({**BASE, "arch": "fc", "fc_hidden": [32]}, 10)
     assert not any(isinstance(m, nn.Conv2d | LocallyConnected2d) for m in model.modules())
