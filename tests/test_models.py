@@ -118,6 +118,20 @@ def test_locally_connected_equals_the_unfold_einsum_definition_and_its_gradients
     assert torch.autograd.gradcheck(local, (x,))
 
 
+def test_locally_connected_under_bf16_autocast_matches_its_float_result() -> None:
+    """Under autocast the image is cast before its patches are taken; the result stays a bf16 rounding away."""
+    torch.manual_seed(0)
+    local = LocallyConnected2d(3, 4, (8, 8), 3, padding=1)
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = local(x)
+    (grad_low,) = torch.autograd.grad(low.float().sum(), [x])
+    (grad_float,) = torch.autograd.grad(local(x).sum(), [x])
+    assert grad_low.dtype == torch.float32
+    torch.testing.assert_close(low.float(), local(x), rtol=0.05, atol=0.05)
+    torch.testing.assert_close(grad_low, grad_float, rtol=0.05, atol=0.05)
+
+
 @pytest.mark.parametrize("norm", ["layer", "group", "instance"])
 def test_norm_layers_give_torch_results_on_channels_last_cpu_tensors(norm: str) -> None:
     """The contiguous detour of GroupNorm / InstanceNorm2d changes neither values, gradients nor memory format."""
