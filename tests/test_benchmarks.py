@@ -24,6 +24,16 @@ def test_throughput_benchmark_runs_the_project_loop_its_ceiling_and_a_textbook_l
     assert all(value > 0 for value in measured["images_per_second"].values())
 
 
+def test_layer_benchmark_times_the_project_layers_against_the_ones_they_replace() -> None:
+    command = [sys.executable, str(ROOT / "benchmarks/layers.py"), "--config", str(ROOT / "config/demo.yaml")]
+    command += ["--repeats", "1", "--steps", "1", "--variants", "arch-local", "norm-group"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = re.findall(r"^\| (\S+) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+)x \|$", result.stdout, flags=re.MULTILINE)
+    assert [row[0] for row in rows] == ["arch-local", "norm-group"]
+    assert all(float(value) > 0 for row in rows for value in row[1:])
+
+
 @pytest.mark.e2e
 def test_gpu_check_runs_its_phases_and_prints_the_numbers_in_its_reduced_cpu_mode(tmp_path) -> None:
     environment = {**workflow_env(tmp_path), "MODE": "cpu", "NO_WHEELS": "1", "PY": sys.executable}
