@@ -132,6 +132,12 @@ def test_locally_connected_under_bf16_autocast_matches_its_float_result() -> Non
     torch.testing.assert_close(grad_low, grad_float, rtol=0.05, atol=0.05)
 
 
+def test_locally_connected_runs_on_the_meta_device() -> None:
+    """Cost counting (``cnnablate plan``) runs models on the meta device, which has no autocast to ask about."""
+    local = LocallyConnected2d(3, 4, (8, 8), 3, padding=1).to("meta")
+    assert local(torch.empty(2, 3, 8, 8, device="meta")).shape == (2, 4, 8, 8)
+
+
 @pytest.mark.parametrize("norm", ["layer", "group", "instance"])
 def test_norm_layers_give_torch_results_on_channels_last_cpu_tensors(norm: str) -> None:
     """The contiguous detour of GroupNorm / InstanceNorm2d changes neither values, gradients nor memory format."""

@@ -100,8 +100,9 @@ class LocallyConnected2d(nn.Module):
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):  # cast the image, not its k*k times larger patch matrix
-            x = x.to(torch.get_autocast_dtype(x.device.type))
+        device_type = x.device.type  # the meta device (cost counting) has no autocast
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            x = x.to(torch.get_autocast_dtype(device_type))  # cast the image, not its k*k times larger patch matrix
         patches = _PositionPatches.apply(x, self.windows(), self.padding, self.out_size)  # positions x batch x C*k*k
         out = torch.bmm(patches, self.weight.transpose(1, 2))  # positions x batch x out
         return out.permute(1, 2, 0).reshape(x.shape[0], self.out_channels, *self.out_size) + self.bias
