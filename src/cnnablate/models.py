@@ -41,7 +41,7 @@ class _PositionPatches(torch.autograd.Function):
     Here the forward is one ``stack`` of k*k strided slices of the padded input laid out ``H x W x batch x C``,
     and the backward is k*k strided adds into one zeroed gradient; columns keep ``F.unfold``'s (C, i, j)
     order, so a shared filter reshaped from ``nn.Conv2d`` gives the convolution. The demo's arch-local training
-    step (bf16 autocast, batch 64, one thread of the 2-core CPU): 277 -> 89 ms (docs/performance.md).
+    step (bf16 autocast, batch 64, one thread of the 2-core CPU): 271 -> 83 ms (benchmarks/layers.py).
     """
 
     @staticmethod
@@ -202,7 +202,7 @@ class _ContiguousOnCPU(nn.Module):
     PyTorch's CPU kernels for group and instance norm on channels_last tensors are slow, the group norm's in
     proportion to its groups: forward and backward of a 64 x 16 x 32 x 32 bf16 tensor on this project's 2-core CPU
     take 25.7 ms with 16 groups against 1.9 ms contiguous, and 5.0 against 2.5 ms for instance norm. The two copies
-    cost less than the difference (the demo's norm-group step: 55 -> 19 ms; docs/performance.md). CUDA kernels are
+    cost less than the difference (the demo's norm-group step: 55 -> 15 ms, benchmarks/layers.py). CUDA kernels are
     left alone.
     """
 
