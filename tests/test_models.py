@@ -116,6 +116,10 @@ def test_locally_connected_equals_the_unfold_einsum_definition_and_its_gradients
     for name, want, have in zip(("input", "weight", "bias"), expected, got, strict=True):
         torch.testing.assert_close(have, want, msg=lambda m, name=name: f"gradient of {name}: {m}")
     assert torch.autograd.gradcheck(local, (x,))
+    # Output and input gradient keep the input's layout, as a convolution's do (the next layers' kernels need it).
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert local(x).is_contiguous(memory_format=layout)
+    assert got[0].is_contiguous(memory_format=layout)
 
 
 def test_locally_connected_under_bf16_autocast_matches_its_float_result() -> None:
