@@ -4,7 +4,9 @@
   ``arch-local`` variant;
 - the group and instance norms that normalise a contiguous copy of a channels_last CPU tensor against
   ``nn.GroupNorm`` / ``nn.InstanceNorm2d`` on those tensors, on ``norm-group``, ``norm-instance`` and
-  ``norm-layer``.
+  ``norm-layer``;
+- the head's ``GlobalAvgPool2d`` against ``nn.AdaptiveAvgPool2d(1)`` (every spatial network has it; it matters
+  most for ``pool-none``, whose last stage keeps the full map). The other variants also carry the new head.
 
 Each variant is built once; its training step (forward, loss, backward, in the config's precision and memory
 format, at its batch size) is timed with the project's layers and with the replaced ones on the same weights,
@@ -28,7 +30,7 @@ from torch import nn
 
 from cnnablate.config import Study, load_config
 from cnnablate.devices import choose_device
-from cnnablate.models import GroupNorm, InstanceNorm2d, LocallyConnected2d, build_model
+from cnnablate.models import GlobalAvgPool2d, GroupNorm, InstanceNorm2d, LocallyConnected2d, build_model
 
 
 class UnfoldLocallyConnected2d(LocallyConnected2d):
@@ -50,6 +52,8 @@ def with_torch_layers(model: nn.Module) -> nn.Module:
             module.__class__ = nn.GroupNorm
         elif isinstance(module, InstanceNorm2d):
             module.__class__ = nn.InstanceNorm2d
+        elif isinstance(module, GlobalAvgPool2d):
+            module.__class__ = nn.AdaptiveAvgPool2d
     return replaced
 
 
@@ -75,7 +79,8 @@ def step_timer(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=Path("config/demo.yaml"))
-    parser.add_argument("--variants", nargs="+", default=["arch-local", "norm-group", "norm-instance", "norm-layer"])
+    variants = ["arch-local", "norm-group", "norm-instance", "norm-layer", "pool-none", "base"]
+    parser.add_argument("--variants", nargs="+", default=variants)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnablate.config import ConfigError, load_schema, validate_config
-from cnnablate.models import ACTIVATIONS, NORMS, POOLING, LocallyConnected2d, block_outputs, build_model
+from cnnablate.models import (
+    ACTIVATIONS,
+    NORMS,
+    POOLING,
+    GlobalAvgPool2d,
+    LocallyConnected2d,
+    block_outputs,
+    build_model,
+)
 from conftest import tiny_config
 
 BASE = validate_config(tiny_config())["base"]
@@ -140,6 +148,21 @@ def test_locally_connected_runs_on_the_meta_device() -> None:
     """Cost counting (``cnnablate plan``) runs models on the meta device, which has no autocast to ask about."""
     local = LocallyConnected2d(3, 4, (8, 8), 3, padding=1).to("meta")
     assert local(torch.empty(2, 3, 8, 8, device="meta")).shape == (2, 4, 8, 8)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_global_pool_equals_adaptive_pooling_and_keeps_the_layout_of_its_gradient(channels_last: bool) -> None:
+    """The head's pool gives nn.AdaptiveAvgPool2d(1)'s values and gradients, the gradient in the input's layout."""
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(3, 8, 5, 7, dtype=torch.float64).to(memory_format=layout).requires_grad_()
+    upstream = torch.randn(3, 8, 1, 1, dtype=torch.float64)
+    out = GlobalAvgPool2d()(x)
+    torch.testing.assert_close(out, nn.AdaptiveAvgPool2d(1)(x))
+    (grad,) = torch.autograd.grad((out * upstream).sum(), [x])
+    (expected,) = torch.autograd.grad((nn.AdaptiveAvgPool2d(1)(x) * upstream).sum(), [x])
+    torch.testing.assert_close(grad, expected)
+    assert grad.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("norm", ["layer", "group", "instance"])
