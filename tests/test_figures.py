@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from cnnablate import figures, layout
+from cnnablate import figures, heatmaps, layout
 from study_fixture import write_study
 from text_overlap import overlapping_pairs
 
@@ -55,10 +55,10 @@ def drawn_figures(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
 def test_no_text_overlaps_in_any_report_figure(tmp_path: Path, saved_figures: dict[str, list[tuple[str, str]]]) -> None:
     fixture = write_study(tmp_path)  # writes the shift analysis's figure too
     run = Path(fixture.metrics[0]).parent
-    figures.erf_pair_figure(
+    heatmaps.erf_pair_figure(
         np.load(run / layout.ERF_INIT), np.load(run / layout.ERF_TRAINED), "base", tmp_path / "erf.png"
     )
-    figures.erf_pair_figure(None, None, "arch-fc", tmp_path / "erf_fc.png")
+    heatmaps.erf_pair_figure(None, None, "arch-fc", tmp_path / "erf_fc.png")
     fixture.build_report(tmp_path)
     written = {p.name for p in (tmp_path / "figures").glob("*.png")}
     assert written <= set(saved_figures)

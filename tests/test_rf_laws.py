@@ -12,15 +12,8 @@ import pytest
 
 from cnnablate.config import Study, load_config, validate_config
 from cnnablate.measure import effective_rf
-from cnnablate.rf_laws import (
-    LawSettings,
-    PowerLaw,
-    conv_stack,
-    depth_exponents,
-    fit_power_law,
-    study_rf_laws,
-    training_sentence,
-)
+from cnnablate.power_law import PowerLaw, depth_exponents, fit_power_law
+from cnnablate.rf_laws import LawSettings, conv_stack, study_rf_laws, training_sentence
 from conftest import ROOT, tiny_config
 
 SMALL = LawSettings(depths=(2, 4, 8), channels=4, draws=1, images=4, kernel_sizes=(3, 7, 11), kernel_depth=2, frame=48)

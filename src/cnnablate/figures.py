@@ -23,8 +23,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 
+from cnnablate.heatmaps import DPI, ERF_SCALE, erf_heatmap
+
 sns.set_theme(style="whitegrid", context="notebook")
-DPI = 110
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "*")
 NOT_TRAINED = "did not train"
 LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8, "borderaxespad": 0.0}
@@ -405,13 +406,13 @@ def erf_grid_figure(maps: Sequence[tuple[str, np.ndarray, np.ndarray]], seed: in
             ax.set_axis_on()
             ax.set_xticks([])
             ax.set_yticks([])
-            image = ax.imshow(np.log10(erf / erf.max() + 1e-4), cmap="magma", vmin=-4, vmax=0)
+            image = erf_heatmap(ax, erf)
             if row == 0:
                 ax.set_title(variant.replace("_", "_\n"), fontsize=8)
             if column == 0:
                 ax.set_ylabel(stage, fontsize=9)
     if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="log10 relative gradient")
+        fig.colorbar(image, ax=axes, shrink=0.6, label=ERF_SCALE)
     fig.suptitle(f"ERF maps, seed {seed}: initialisation (top) and trained (bottom)", fontsize=10)
     return save(fig, path)
 
@@ -446,26 +447,6 @@ def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
         ax.tick_params(axis="x", labelsize=8)
     fig.supxlabel("architecture: no prior, then locality, then locality and weight sharing", fontsize=9)
     return save(fig, path)
-
-
-def erf_pair_figure(map_init: np.ndarray | None, map_trained: np.ndarray | None, title: str, path: str | Path) -> None:
-    """ERF heatmaps at initialisation and after training, side by side, on a shared log colour scale."""
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3.4), layout="constrained")
-    image = None
-    for ax, erf, label in zip(axes, (map_init, map_trained), ("at initialisation", "after training"), strict=True):
-        if erf is None:
-            ax.text(0.5, 0.5, "no spatial feature map", ha="center", va="center", transform=ax.transAxes)
-            ax.set_axis_off()
-        else:
-            image = ax.imshow(np.log10(erf / erf.max() + 1e-4), cmap="magma", vmin=-4, vmax=0)
-            ax.set_xlabel("input x (pixels)")
-            ax.set_ylabel("input y (pixels)")
-        ax.set_title(f"ERF {label}", fontsize=10)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="log10 relative gradient")
-    fig.suptitle(f"Effective receptive field: {title}", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
 
 
 # --------------------------------------------------------------------------------------------------

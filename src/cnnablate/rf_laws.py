@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,42 +30,10 @@ from torch import nn
 from cnnablate.measure import AREA_THRESHOLDS, ERFResult, effective_rf
 from cnnablate.measure.erf import area_ratios
 from cnnablate.models import build_model
+from cnnablate.power_law import CLOSE_TOLERANCE, UNIFORM_TOLERANCE, PowerLaw, fit_power_law
 from cnnablate.results import mean_interval
 
-CONFIDENCE = 0.95
 SQRT_LAW = 0.5  # Luo et al.: ERF std ~ n^0.5
-UNIFORM_TOLERANCE = 1e-3  # the uniform case is exact up to floating point
-CLOSE_TOLERANCE = 0.1  # "about 0.5": within this of the law when the interval excludes it
-
-
-@dataclass(frozen=True)
-class PowerLaw:
-    """``y = prefactor * x^exponent`` fitted by least squares on logs, with a Student-t interval on the exponent."""
-
-    exponent: float
-    low: float
-    high: float
-    prefactor: float
-    points: int
-
-    def verdict(self, expected: float, tolerance: float = CLOSE_TOLERANCE) -> str:
-        """'agrees' if the interval holds ``expected`` (or the fit is within 1e-3 of it), 'close', or 'differs'."""
-        if self.low <= expected <= self.high or abs(self.exponent - expected) <= UNIFORM_TOLERANCE:
-            return "agrees"
-        return "close" if abs(self.exponent - expected) <= tolerance else "differs"
-
-    def describe(self) -> str:
-        return f"{self.exponent:.4f} [{self.low:.4f}, {self.high:.4f}]"
-
-
-def fit_power_law(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE) -> PowerLaw:
-    """Fit ``y ~ x^alpha`` on log-log axes; the interval is the t interval of the OLS slope (n - 2 dof)."""
-    lx, ly = np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float))
-    if lx.size < 3:
-        raise ValueError(f"a power law with an interval needs at least 3 points, got {lx.size}")
-    fit = stats.linregress(lx, ly)
-    half = float(stats.t.ppf(0.5 + confidence / 2, lx.size - 2) * fit.stderr)
-    return PowerLaw(float(fit.slope), fit.slope - half, fit.slope + half, math.exp(fit.intercept), int(lx.size))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -219,32 +187,6 @@ def kernel_rows(base: Mapping[str, Any], settings: LawSettings) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------------
-# Per run: the growth exponent of a trained network's ERF along its own depth
-
-
-def depth_exponents(erf_by_depth: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
-    """Fit ERF std ~ depth^alpha along one network's blocks, at initialisation and trained (None if undefined)."""
-    result: dict[str, float | None] = {}
-    for stage in ("init", "trained"):
-        points = [(r["depth"], r.get(f"erf_std_{stage}")) for r in erf_by_depth]
-        points = [(d, s) for d, s in points if s is not None and s > 0 and math.isfinite(s)]
-        fit = fit_power_law(*zip(*points, strict=True)) if len(points) >= 3 else None
-        result[f"alpha_{stage}"] = fit.exponent if fit else None
-        result[f"alpha_{stage}_low"] = fit.low if fit else None
-        result[f"alpha_{stage}_high"] = fit.high if fit else None
-    return result
-
-
-def run_rf_laws(measures_path: str | Path, output: str | Path) -> dict[str, Any]:
-    """The per-run rf_laws.json: depth exponents of the ERF and the ERF growth with training."""
-    measures = json.loads(Path(measures_path).read_text())
-    result: dict[str, Any] = depth_exponents(measures.get("erf_by_depth") or [])
-    result["erf_growth"] = measures.get("erf_growth")
-    Path(output).write_text(json.dumps(result, indent=2) + "\n")
-    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,7 +491,7 @@ def study_rf_laws(
     trainability.merge(training, on="variant", how="outer").to_csv(
         outputs["trainability"], index=False, float_format="%.6g"
     )
-    from cnnablate import figures  # matplotlib and seaborn: only the study draws, not the measure job's run_rf_laws
+    from cnnablate import figures  # matplotlib and seaborn: only the study draws
 
     figures.rf_laws_depth_figure(stacks, stack_fits(stacks, "erf_std"), residual, outputs["depth_figure"])
     figures.rf_laws_kernel_figure(kernels, outputs["kernel_figure"])

@@ -118,7 +118,7 @@ def measure_run(
     empty = np.zeros((1, 1))
     np.save(outputs["erf_init"], map_init if map_init is not None else empty)
     np.save(outputs["erf_trained"], map_trained if map_trained is not None else empty)
-    from cnnablate.figures import erf_pair_figure
+    from cnnablate.heatmaps import erf_pair_figure
 
     erf_pair_figure(map_init, map_trained, trained.metrics["variant"], outputs["figure"])
     kill_point("measure")

@@ -231,7 +231,7 @@ def measure(smk: Any) -> None:
     rf_laws_output = outputs.pop("rf_laws")
     with analysis_run(smk) as run:
         measure_run(run, outputs=outputs, erf_images=smk.params.erf_images, erf_canvas=smk.params.erf_canvas)
-    from cnnablate.rf_laws import run_rf_laws  # scipy and pandas: after the device work, which they do not need
+    from cnnablate.power_law import run_rf_laws
 
     run_rf_laws(outputs["measures"], rf_laws_output)
 
