@@ -8,6 +8,7 @@ Every test reads the session's ``tiny_study`` and writes only under its own ``tm
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -153,9 +154,17 @@ def test_summary_intervals_are_recomputed_from_the_raw_metrics(tiny_study: Path)
         assert (row["test_acc_binomial_low"], row["test_acc_binomial_high"]) == pytest.approx(
             (wilson.low, wilson.high), abs=1e-12
         )
-        differences = values - np.array([accuracy["base", seed] for seed in seeds])
+        base_values = np.array([accuracy["base", seed] for seed in seeds])
+        differences = values - base_values
         assert row["paired_seeds"] == len(seeds)
         assert row["paired_diff"] == pytest.approx(differences.mean(), abs=1e-12)
         half = _half_width(differences)  # base against itself: no spread, the interval is the point
-        assert row["paired_ci_low"] == pytest.approx(max(-1.0, differences.mean() - half), abs=1e-12)
-        assert row["paired_ci_high"] == pytest.approx(min(1.0, differences.mean() + half), abs=1e-12)
+        low, high = differences.mean() - half, differences.mean() + half
+        if variant != "base":  # widened to the test set's own error of the difference: Newcombe's method 10
+            mean, base_mean = values.mean(), base_values.mean()
+            ours = stats.binomtest(round(mean * images), images).proportion_ci(0.95, method="wilson")
+            theirs = stats.binomtest(round(base_mean * images), images).proportion_ci(0.95, method="wilson")
+            low = min(low, mean - base_mean - math.hypot(mean - ours.low, theirs.high - base_mean))
+            high = max(high, mean - base_mean + math.hypot(ours.high - mean, base_mean - theirs.low))
+        assert row["paired_ci_low"] == pytest.approx(max(-1.0, low), abs=1e-12)
+        assert row["paired_ci_high"] == pytest.approx(min(1.0, high), abs=1e-12)

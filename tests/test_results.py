@@ -14,10 +14,12 @@ from scipy import stats
 from cnnablate import layout
 from cnnablate.results import (
     collect_results,
+    newcombe_interval,
     paired_difference_interval,
     read_tuning,
     steps_to_reach,
     summarize,
+    with_test_set_floor,
 )
 from study_fixture import write_study
 
@@ -30,6 +32,24 @@ def test_paired_interval_is_the_t_interval_of_per_seed_differences() -> None:
     assert pairs == 3
     assert diff == pytest.approx(0.02)
     assert (low, high) == pytest.approx((interval.low, interval.high))
+
+
+def test_test_set_interval_of_a_difference_is_newcombes_hybrid_score_interval() -> None:
+    # Newcombe (1998), Statistics in Medicine 17:873, Table II, example (b): 9/10 - 3/10, method 10.
+    assert newcombe_interval(0.9, 0.3, 10) == pytest.approx((0.1705, 0.8090), abs=5e-5)
+    assert all(math.isnan(value) for value in newcombe_interval(0.9, 0.3, None))
+
+
+def test_agreeing_seeds_cannot_narrow_a_difference_below_the_test_sets_error() -> None:
+    # Two seeds that each differ by 7 of 500 images: the paired t interval has no width at all.
+    diff, low, high, _ = paired_difference_interval({0: 0.986, 1: 0.990}, {0: 0.972, 1: 0.976})
+    assert low == pytest.approx(high)
+    floored = with_test_set_floor(low, high, 0.988, 0.974, 500)
+    assert floored == pytest.approx(newcombe_interval(0.988, 0.974, 500))
+    assert floored[0] < diff < floored[1]
+    # A seed interval wider than the floor is kept as it is; a missing one (one seed) stays missing.
+    assert with_test_set_floor(-0.2, 0.3, 0.988, 0.974, 500) == (-0.2, 0.3)
+    assert all(math.isnan(value) for value in with_test_set_floor(math.nan, math.nan, 0.988, 0.974, 500))
 
 
 def test_steps_to_reach_is_the_first_crossing() -> None:
@@ -76,6 +96,9 @@ def test_results_carry_learning_rate_steps_state_and_speed(tmp_path: Path) -> No
     base = results[results["variant"] == "base"].set_index("seed")["test_acc"]
     interval = stats.ttest_rel(avg, base).confidence_interval(0.95)
     assert summary.loc["pool-avg", "paired_diff"] == pytest.approx((avg - base).mean())
+    # the seeds' t interval, widened where needed to the test set's own error of the difference
+    floor = newcombe_interval(avg.mean(), base.mean(), results["test_images"].max())
+    expected = (min(interval.low, floor[0]), max(interval.high, floor[1]))
     assert (summary.loc["pool-avg", "paired_ci_low"], summary.loc["pool-avg", "paired_ci_high"]) == pytest.approx(
-        (interval.low, interval.high)
+        expected
     )

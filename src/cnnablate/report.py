@@ -31,9 +31,11 @@ from cnnablate.results import (
     MIN_SEEDS_FOR_T,
     collect_results,
     difference_interval,
+    mean_interval,
     paired_difference_interval,
     read_tuning,
     summarize,
+    with_test_set_floor,
 )
 from cnnablate.tracking import numeric_items
 
@@ -126,12 +128,14 @@ def _accuracy_by_seed(results: pd.DataFrame, variant: str) -> dict[int, float]:
 
 
 def lead_interval(results: pd.DataFrame, leader: str, runner_up: str) -> tuple[float, float, float, int]:
-    """The leader's lead over the runner-up in test accuracy: paired by seed when two seeds pair up, else Welch;
-    with the number of pairs."""
+    """The leader's lead over the runner-up in test accuracy: paired by seed when two seeds pair up, else Welch,
+    never narrower than the test set's own error of it; with the number of pairs."""
     a, b = _accuracy_by_seed(results, leader), _accuracy_by_seed(results, runner_up)
     diff, low, high, pairs = paired_difference_interval(a, b)
     if pairs < 2:
         diff, low, high = difference_interval(list(a.values()), list(b.values()))
+    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    low, high = with_test_set_floor(low, high, mean_interval(a.values())[0], mean_interval(b.values())[0], images)
     return diff, low, high, pairs
 
 
@@ -366,10 +370,14 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
         "uninformative.",
         "Δ vs base, paired (percentage points): the mean of the per-seed differences (variant minus base trained "
         "with the same seed, which fixes the data order and the augmentation stream), with a 95% t interval over "
-        "those differences, cut to ±100 points. "
+        "those differences, cut to ±100 points, and widened where needed to hold the test set's own sampling "
+        "error of the difference (Newcombe's interval from the two Wilson intervals, treating the accuracies as "
+        "independent, which is conservative): seeds scored on the same images cannot remove that error, however "
+        "well they agree. "
         "The verdicts use this interval: a difference is called better or worse only when it excludes zero.",
-        "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), shown for "
-        "comparison; it ignores the pairing and is wider when seed-to-seed noise is shared.",
+        "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), widened "
+        "in the same way, shown for comparison; it ignores the pairing and is wider when seed-to-seed noise is "
+        "shared.",
         "A best variant is named only when the 95% interval of the leader's lead over the runner-up (paired by "
         f"seed, else Welch) excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: "
         "the dataset cannot separate them.",

@@ -226,6 +226,39 @@ def difference_interval(a: Iterable[float], b: Iterable[float], confidence: floa
     return diff, *_within(diff - half, diff + half, DIFFERENCE_BOUNDS)
 
 
+def newcombe_interval(
+    accuracy: float, other: float, images: float | None, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (1998, method 10) of ``accuracy - other``, built from the two Wilson
+    intervals: how far the finite test set alone can move the difference (NaN without the image count).
+
+    It treats the two accuracies as independent samples; two models scored on the same images err together
+    more often than that, so it overstates their test-set error: a conservative floor, not the whole interval."""
+    low, high = binomial_interval(accuracy, images, confidence)
+    other_low, other_high = binomial_interval(other, images, confidence)
+    if _missing_number(low) or _missing_number(other_low):
+        return math.nan, math.nan
+    diff = accuracy - other
+    return (
+        diff - math.hypot(accuracy - low, other_high - other),
+        diff + math.hypot(high - accuracy, other - other_low),
+    )
+
+
+def with_test_set_floor(
+    low: float, high: float, accuracy: float, other: float, images: float | None
+) -> tuple[float, float]:
+    """A seed-level interval of ``accuracy - other`` widened to hold the test set's own sampling error of it.
+
+    Every seed is scored on the same test images, so however well the seeds agree they cannot remove that
+    error: two seeds that each differ by the same count of images give a t interval with no width at all. A
+    missing interval (one seed) stays missing: the seeds cannot tell, and the test set does not change that."""
+    floor_low, floor_high = newcombe_interval(accuracy, other, images)
+    if _missing_number(low) or _missing_number(high) or _missing_number(floor_low):
+        return low, high
+    return _within(min(low, floor_low), max(high, floor_high), DIFFERENCE_BOUNDS)
+
+
 def paired_difference_interval(
     a: Mapping[int, float | None], b: Mapping[int, float | None], confidence: float = 0.95
 ) -> tuple[float, float, float, int]:
@@ -268,6 +301,10 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
         paired, paired_low, paired_high, pairs = paired_difference_interval(
             dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
         )
+        if variant != "base":  # base against itself: the same runs on the same images, no test-set error
+            base_mean = float(base["test_acc"].astype(float).mean())
+            diff_low, diff_high = with_test_set_floor(diff_low, diff_high, mean, base_mean, images)
+            paired_low, paired_high = with_test_set_floor(paired_low, paired_high, mean, base_mean, images)
         first = group.iloc[0]
         trained, outcomes = group["trained"].astype(bool), group["outcome"]
         rows.append(
