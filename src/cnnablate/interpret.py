@@ -14,6 +14,7 @@ from captum.attr import LayerAttribution, LayerGradCam, Saliency
 from torch import nn
 
 from cnnablate.filters import first_conv_weight
+from cnnablate.heatmaps import DPI
 from cnnablate.models import stage_outputs
 from cnnablate.runs import LoadedRun
 
@@ -56,7 +57,7 @@ def filters_figure(model: nn.Module, title: str, path: Path) -> bool:
             span = kernel.max() - kernel.min()
             ax.imshow((kernel - kernel.min()) / (span if span > 0 else 1), interpolation="nearest")
     fig.suptitle(f"First-layer filters: {title}", fontsize=10)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return True
 
@@ -89,7 +90,7 @@ def feature_maps_figure(run: LoadedRun, image_index: int, title: str, path: Path
                 ax.imshow(maps[column], cmap="viridis")
                 ax.set_title(f"stage {row + 1} ch {column}" if column == 0 else f"ch {column}", fontsize=7)
     fig.suptitle(f"Feature maps of one test image: {title}", fontsize=10)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return True
 
@@ -123,7 +124,7 @@ def attributions_figure(run: LoadedRun, indices: list[int], title: str, path: Pa
             axes[2, column].set_axis_off()
             axes[2, column].set_title("Grad-CAM", fontsize=8)
     fig.suptitle(f"Saliency and Grad-CAM: {title}", fontsize=10)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
 

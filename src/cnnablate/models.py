@@ -220,7 +220,7 @@ class _ContiguousOnCPU(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or x.is_contiguous():
+        if x.device.type != "cpu" or memory_format_of(x) != torch.channels_last:
             return super().forward(x)  # type: ignore[misc]
         return super().forward(x.contiguous()).contiguous(memory_format=torch.channels_last)  # type: ignore[misc]
 

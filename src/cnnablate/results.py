@@ -290,6 +290,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
     tuning = tuning or {}
     base = results[results["variant"] == "base"]
     base_by_seed = dict(zip(base["seed"], base["test_acc"].astype(float), strict=True))
+    base_mean = float(base["test_acc"].astype(float).mean())
     no_mean = {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", "converged", "retried", *model_axes()}
     rows = []
     for variant, group in results.groupby("variant", sort=False):
@@ -302,7 +303,6 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
             dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
         )
         if variant != "base":  # base against itself: the same runs on the same images, no test-set error
-            base_mean = float(base["test_acc"].astype(float).mean())
             diff_low, diff_high = with_test_set_floor(diff_low, diff_high, mean, base_mean, images)
             paired_low, paired_high = with_test_set_floor(paired_low, paired_high, mean, base_mean, images)
         first = group.iloc[0]
