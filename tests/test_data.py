@@ -123,3 +123,62 @@ def test_npz_roundtrip_and_validation(tmp_path) -> None:
         read_npz(tmp_path / "wide.npz")
     with pytest.raises(DataError, match="does not exist"):
         read_npz(tmp_path / "nothing.npz")
+
+
+DIGITS = {
+    "canvas": 24,
+    "scale": [10, 16],
+    "clutter": 4,
+    "fragment": 5,
+    "noise": 0.1,
+    "test_fraction": 0.35,
+    "val_fraction": 0.1,
+    "train_copies": 3,
+    "val_copies": 3,
+    "test_copies": 4,
+}
+
+
+def test_cluttered_digits_are_deterministic_balanced_and_hold_a_test_set_of_2000_images() -> None:
+    from cnnablate.data import make_cluttered_digits
+
+    a = make_cluttered_digits(DIGITS, seed=0)
+    b = make_cluttered_digits(DIGITS, seed=0)
+    assert np.array_equal(a.x_train, b.x_train) and np.array_equal(a.x_test, b.x_test)
+    assert a.x_train.dtype == np.uint8 and a.x_train.shape[1:] == (24, 24, 3)
+    assert len(a.y_test) >= 2000, "one test image must weigh at most 0.05 points"
+    assert (len(a.y_train), len(a.y_val), len(a.y_test)) == (3 * 988, 3 * 180, 4 * 629)  # 1,797 sources
+    for labels in (a.y_train, a.y_val, a.y_test):
+        counts = np.bincount(labels, minlength=10)
+        assert counts.min() >= 0.9 * counts.max(), counts  # stratified by class before compositing
+    assert a.x_train.mean() < 80, "a dark canvas with one bright digit, not a bright blur"
+
+
+def test_cluttered_digits_split_by_source_digit_before_compositing(monkeypatch) -> None:
+    """Every source digit belongs to one split, and every image's clutter comes from its own split: paint each
+    split's sources one grey level and no image holds another split's level."""
+    import cnnablate.data as data
+
+    labels = np.arange(300) % 10
+    splits = data.source_splits(labels, DIGITS, seed=0)
+    together = np.concatenate(list(splits.values()))
+    assert len(together) == len(set(together)) == 300, "splits must be disjoint and cover every source"
+    level = {"train": 0.2, "val": 0.6, "test": 1.0}
+    sources = np.zeros((300, 8, 8), dtype=np.float32)
+    for name, index in splits.items():
+        sources[index, 2:6, 2:6] = level[name]
+    monkeypatch.setattr(data, "_digit_sources", lambda: (sources, labels))
+    dataset = data.make_cluttered_digits({**DIGITS, "noise": 0.0, "clutter": 8}, seed=0)
+    for name, images in (("train", dataset.x_train), ("val", dataset.x_val), ("test", dataset.x_test)):
+        allowed = {0, round(255 * level[name])}
+        bright = images.max(axis=(1, 2, 3))
+        assert set(np.unique(bright)) == {round(255 * level[name])}, f"{name} images show their own digit"
+        # resizing blends a level with the black border only: nothing brighter than the split's own level
+        assert images.max() in allowed, f"{name} images hold another split's digits"
+
+
+def test_prepare_keeps_the_digits_validation_split_from_its_own_source_digits() -> None:
+    config = {"dataset": "digits", "seed": 0, "validation": 0.1, "train_size": None, "test_size": None}
+    dataset = prepare_dataset({**config, "digits": DIGITS})
+    assert len(dataset.y_val) == 3 * 180  # the sources' split, not a fraction of the training composites
+    assert len(dataset.y_train) == 3 * 988

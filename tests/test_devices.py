@@ -14,6 +14,7 @@ from cnnablate.devices import (
     LockDirError,
     choose_device,
     claim_gpu_slot,
+    cpu_has_native_bf16,
     default_lock_dir,
     lock_dir,
     private_dir,
@@ -112,7 +113,7 @@ def test_slots_are_held_across_processes(tmp_path) -> None:
 
 def test_precision_and_memory_format_decisions() -> None:
     assert resolve_precision("auto", "cuda") is torch.bfloat16
-    assert resolve_precision("auto", "cpu") is None
+    assert resolve_precision("auto", "cpu") is (torch.bfloat16 if cpu_has_native_bf16() else None)
     assert resolve_precision("bf16", "cpu") is torch.bfloat16
     assert resolve_precision("fp32", "cuda") is None
     assert resolve_channels_last("auto", "cuda")
@@ -158,3 +159,14 @@ def test_under_slurm_no_lock_is_taken(monkeypatch, tmp_path) -> None:
     assert str(choice.device) == "cuda:0"
     assert choice.lock is None
     assert not list(tmp_path.iterdir())
+
+
+def test_native_bf16_is_read_from_the_cpu_flags() -> None:
+    """bf16 pays on a CPU only with hardware bf16 (emulated, it ran 4x slower than float32 here)."""
+    emulated = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n"
+    native = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n"
+    amx = "flags\t\t: avx512f amx_tile amx_bf16\n"
+    assert not cpu_has_native_bf16(emulated)
+    assert cpu_has_native_bf16(native)
+    assert cpu_has_native_bf16(amx)
+    assert not cpu_has_native_bf16("")

@@ -74,13 +74,20 @@ def test_an_interrupted_sweep_keeps_its_finished_learning_rates(tmp_path, monkey
     import cnnablate.tune as tuning
 
     config, spec, dataset = _tune_setup(tmp_path)
+    original, tried = tuning.try_learning_rate, []
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        tried.append((args[-1], kwargs["budget"]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tuning, "try_learning_rate", recording)
     reference = tune_variant(
         "base", spec, config["train"], config["tune"], dataset, tmp_path / "a.json", tmp_path / "a.pt"
     )
-    original, tried = tuning.try_learning_rate, []
+    reference_points, tried[:] = list(tried), []
 
     def fail_on_second(*args, **kwargs):  # type: ignore[no-untyped-def]
-        tried.append(args[-1])
+        tried.append((args[-1], kwargs["budget"]))
         if len(tried) == 2:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
@@ -88,15 +95,59 @@ def test_an_interrupted_sweep_keeps_its_finished_learning_rates(tmp_path, monkey
     monkeypatch.setattr(tuning, "try_learning_rate", fail_on_second)
     with pytest.raises(KeyboardInterrupt):
         tune_variant("base", spec, config["train"], config["tune"], dataset, tmp_path / "b.json", tmp_path / "b.pt")
-    monkeypatch.setattr(tuning, "try_learning_rate", original)
-    tried_after: list[float] = []
-    monkeypatch.setattr(tuning, "try_learning_rate", lambda *a, **k: tried_after.append(a[-1]) or original(*a, **k))
+    tried[:] = []
+    monkeypatch.setattr(tuning, "try_learning_rate", recording)
     resumed = tune_variant(
         "base", spec, config["train"], config["tune"], dataset, tmp_path / "b.json", tmp_path / "b.pt"
     )
-    assert tried_after == [0.1], "only the unfinished learning rate is trained again"
+    assert tried == reference_points[1:], "only the unfinished points are trained again"
     assert resumed["grid"] == reference["grid"]
     assert resumed["chosen_lr"] == reference["chosen_lr"]
+
+
+def test_no_rate_is_chosen_before_it_learned_the_budget_doubles_instead(tmp_path, monkeypatch) -> None:
+    """At 150 steps both rates are at chance (noise decides their order); the search trains both on to 300 and
+    chooses among the rates that learned, not the one that was luckier at chance."""
+    import cnnablate.tune as tuning
+
+    config, spec, dataset = _tune_setup(tmp_path)
+    accuracy = {(0.01, 150): 0.14, (0.1, 150): 0.11, (0.01, 300): 0.30, (0.1, 300): 0.80}
+    tried: list[tuple[float, int]] = []
+
+    def fake(spec, arrays, recipe, tune, lr, extended=False, budget=None, live=None):  # type: ignore[no-untyped-def]
+        tried.append((lr, budget))
+        acc = accuracy[(lr, budget)]
+        learned = acc >= tuning.learned_accuracy(0.1, tune["learned"])
+        return GridPoint(lr, acc, 1.0, [acc], False, learned, budget, "budget", extended, learned, budget)
+
+    monkeypatch.setattr(tuning, "try_learning_rate", fake)
+    tune = {**config["tune"], "max_steps": 150, "extend": 0, "learned": 0.25}
+    recipe = {**config["train"], "max_steps": 1000}
+    result = tune_variant("base", spec, recipe, tune, dataset, tmp_path / "t.json", tmp_path / "r.pt")
+    assert tried == [(0.01, 150), (0.1, 150), (0.01, 300), (0.1, 300)]
+    assert result["chosen_lr"] == 0.1  # 0.01 would have won at 150 steps, on noise
+    assert result["budgets"] == [150, 300]
+    assert result["trained"]
+    assert [p["learned"] for p in result["grid"]] == [False, True]  # 30% < 32.5%: 0.01 had not learned
+
+
+def test_a_variant_with_no_learning_rate_that_learned_by_the_cap_did_not_train(tmp_path, monkeypatch) -> None:
+    import cnnablate.tune as tuning
+
+    config, spec, dataset = _tune_setup(tmp_path)
+    budgets: list[int] = []
+
+    def fake(spec, arrays, recipe, tune, lr, extended=False, budget=None, live=None):  # type: ignore[no-untyped-def]
+        budgets.append(budget)
+        return GridPoint(lr, 0.1, 2.3, [0.1], False, False, budget, "budget", extended, False, budget)
+
+    monkeypatch.setattr(tuning, "try_learning_rate", fake)
+    tune = {**config["tune"], "max_steps": 100, "extend": 0}
+    result = tune_variant(
+        "base", spec, {**config["train"], "max_steps": 300}, tune, dataset, tmp_path / "t.json", tmp_path / "r.pt"
+    )
+    assert sorted(set(budgets)) == [100, 200, 300]  # doubled, then capped at the final run's cap
+    assert not result["trained"]
 
 
 def test_agc_clips_each_unit_as_the_nfnet_formula_says() -> None:
@@ -171,9 +222,9 @@ def test_tuning_extends_the_grid_while_the_best_rate_sits_at_its_edge(tmp_path, 
     accuracy = {0.01: 0.2, 0.1: 0.5, 1.0: 0.6, 10.0: 0.1}
     tried: list[tuple[float, bool]] = []
 
-    def fake(spec, arrays, recipe, tune, lr, extended=False):  # type: ignore[no-untyped-def]
+    def fake(spec, arrays, recipe, tune, lr, extended=False, budget=None, live=None):  # type: ignore[no-untyped-def]
         tried.append((lr, extended))
-        return GridPoint(lr, accuracy[lr], 1.0, [accuracy[lr]], False, True, 3, "cap", extended)
+        return GridPoint(lr, accuracy[lr], 1.0, [accuracy[lr]], False, True, 3, "cap", extended, True, budget)
 
     monkeypatch.setattr(tuning, "try_learning_rate", fake)
     tune = {**config["tune"], "extend": 2, "lr_range": [1e-4, 20.0]}

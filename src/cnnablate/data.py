@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,6 +303,84 @@ def make_synthetic(
     return ArrayDataset(x_train, y_train, x_test, y_test, [f"pattern{i}" for i in range(num_classes)])
 
 
+def _digit_sources() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 bundled handwritten digits (8x8, grey levels 0-16) as float images in [0, 1]."""
+    from sklearn.datasets import load_digits  # bundled in the wheel: nothing is downloaded
+
+    digits = load_digits()
+    return digits.images.astype(np.float32) / 16.0, digits.target.astype(np.int64)
+
+
+def _resized(sources: np.ndarray, sizes: np.ndarray) -> list[np.ndarray]:
+    """Each source image bilinearly resized to its own side ``sizes[i]`` (one interpolation per distinct size)."""
+    import torch
+    import torch.nn.functional as F
+
+    out: list[np.ndarray] = [np.empty(0)] * len(sources)
+    for size in np.unique(sizes):
+        index = np.flatnonzero(sizes == size)
+        batch = torch.from_numpy(sources[index][:, None])
+        large = F.interpolate(batch, size=(int(size), int(size)), mode="bilinear", align_corners=False)
+        for i, image in zip(index, large[:, 0].numpy(), strict=True):
+            out[i] = image
+    return out
+
+
+def _cluttered_split(
+    sources: np.ndarray, labels: np.ndarray, copies: int, cfg: Mapping[str, Any], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``copies`` composites of every source digit: the digit at a random scale and position on a noisy canvas,
+    with ``cfg['clutter']`` fragments cut from other digits of the same split, combined by maximum."""
+    canvas, (low, high), fragment = cfg["canvas"], cfg["scale"], cfg["fragment"]
+    order = rng.permutation(np.repeat(np.arange(len(sources)), copies))
+    n, clutter = len(order), cfg["clutter"]
+    digits = _resized(sources[order], rng.integers(low, high + 1, size=n))
+    pieces_from = rng.integers(0, len(sources), size=(n, clutter))
+    pieces = _resized(sources[pieces_from.ravel()], rng.integers(low, high + 1, size=n * clutter))
+    images = np.abs(rng.normal(0.0, cfg["noise"], size=(n, canvas, canvas))).astype(np.float32)
+    for i in range(n):
+        for k in range(clutter):
+            piece = pieces[i * clutter + k]
+            y0, x0 = rng.integers(0, piece.shape[0] - fragment + 1, size=2)
+            y, x = rng.integers(0, canvas - fragment + 1, size=2)
+            window = images[i, y : y + fragment, x : x + fragment]
+            np.maximum(window, piece[y0 : y0 + fragment, x0 : x0 + fragment], out=window)
+        digit = digits[i]
+        y, x = rng.integers(0, canvas - digit.shape[0] + 1, size=2)
+        window = images[i, y : y + digit.shape[0], x : x + digit.shape[1]]
+        np.maximum(window, digit, out=window)
+    pixels = np.clip(np.rint(images * 255.0), 0, 255).astype(np.uint8)
+    return np.repeat(pixels[..., None], 3, axis=3), labels[order]
+
+
+def source_splits(labels: np.ndarray, cfg: Mapping[str, Any], seed: int) -> dict[str, np.ndarray]:
+    """Disjoint indices of the source digits that make the training, validation and test composites, each
+    stratified by class (``test_fraction`` and ``val_fraction`` of all sources; training takes the rest)."""
+    test = stratified_subset(labels, round(cfg["test_fraction"] * len(labels)), seed + 11)
+    rest = np.setdiff1d(np.arange(len(labels)), test)
+    val = rest[stratified_subset(labels[rest], round(cfg["val_fraction"] * len(labels)), seed + 12)]
+    return {"train": np.setdiff1d(rest, val), "val": val, "test": test}
+
+
+def make_cluttered_digits(cfg: Mapping[str, Any], seed: int = 0) -> ArrayDataset:
+    """Cluttered translated digits from scikit-learn's bundled handwritten digits, split by source digit.
+
+    The "cluttered translated MNIST" task of Mnih et al. 2014 and Jaderberg et al. 2015 on real handwriting:
+    each image holds one digit at a random position and scale among fragments of other digits. The source
+    digits are split (stratified by class) into training, validation and test sources *before* compositing, and
+    every image's clutter is cut from its own split's digits, so no test digit appears in a training or
+    validation image, not even as a fragment. Validation is therefore returned ready-made (``data.validation``
+    is not read). Grey levels are copied into three channels, the CIFAR shape the models expect.
+    """
+    sources, labels = _digit_sources()
+    splits = {}
+    for offset, (name, index) in enumerate(source_splits(labels, cfg, seed).items()):
+        rng = np.random.default_rng([seed, 0xD161, offset])
+        splits[name] = _cluttered_split(sources[index], labels[index], cfg[f"{name}_copies"], cfg, rng)
+    (x_train, y_train), (x_val, y_val), (x_test, y_test) = splits["train"], splits["val"], splits["test"]
+    return ArrayDataset(x_train, y_train, x_test, y_test, [str(d) for d in range(10)], x_val, y_val)
+
+
 def stratified_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
     """Indices of ``size`` items whose class proportions match ``labels`` (largest remainders), sorted."""
     if size is None or size >= len(labels):
@@ -357,6 +436,8 @@ def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
             data_cfg["seed"],
             syn["pattern_copies"],
         )
+    elif kind == "digits":
+        full = make_cluttered_digits(data_cfg["digits"], data_cfg["seed"])
     elif kind == "npz":
         full = read_npz(data_cfg["path"])
     else:
@@ -369,7 +450,11 @@ def prepare_dataset(data_cfg: dict[str, Any]) -> ArrayDataset:
         full.x_test[test_idx],
         full.y_test[test_idx],
         full.classes,
+        full.x_val,
+        full.y_val,
     )
+    if subset.x_val is not None:  # split by source before compositing (digits): already held out
+        return subset
     return split_validation(subset, data_cfg["validation"], data_cfg["seed"] + 2)
 
 

@@ -126,15 +126,17 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
 def lr_sensitivity_figure(
     tuning: Mapping[str, Mapping[str, Any]], members: list[str], styles: Mapping[str, Style], block: str, path: Path
 ) -> Path:
-    """Validation accuracy against learning rate (log axis), one line per variant, the chosen rate starred, rates
-    added past the configured grid's edge hollow. The ticks are the rates tried, nothing else."""
+    """Validation accuracy against learning rate (log axis) at the largest tuning budget, one line per variant,
+    the chosen rate starred, rates added past the configured grid's edge hollow, and the accuracy a run had to
+    reach to count as learning (only those rates could be chosen). The ticks are the rates tried, nothing else."""
     fig, ax = plt.subplots(figsize=(6.5, 3.6), layout="constrained")
-    chance, rates = None, set()
+    chance, rates, learned_acc = None, set(), None
     for variant in members:
         search = tuning.get(variant)
         if not search:
             continue
         chance = search.get("chance", chance)
+        learned_acc = search.get("learned_acc", learned_acc)
         rates |= {point["lr"] for point in search["grid"]}
         grid = sorted((point for point in search["grid"] if point["val_acc"] is not None), key=lambda p: p["lr"])
         style = styles[variant]
@@ -178,6 +180,8 @@ def lr_sensitivity_figure(
             ax.scatter(diverged, [chance * 100] * len(diverged), marker="x", color=style.color, s=40, zorder=4)
     if chance is not None:
         ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label="chance (diverged: x)")
+    if learned_acc is not None:
+        ax.axhline(learned_acc * 100, color="0.4", linestyle=":", linewidth=1, label="learned: rate can be chosen")
     ax.scatter([], [], marker="*", s=120, color="0.5", edgecolor="black", label="chosen learning rate")
     if any(p.get("extended") for v in members for p in tuning.get(v, {}).get("grid", [])):
         ax.scatter([], [], marker="o", s=45, color="white", edgecolor="0.3", label="added past the grid's edge")

@@ -76,7 +76,8 @@ class Plan:
 
     def tuning_flops(self) -> int:
         """Tuning: every variant, every learning rate of the grid and the ``tune.extend`` rates the search may add
-        past an edge, each run at its ``tune.max_steps`` cap."""
+        past an edge, each run for its first budget ``tune.max_steps`` (a slow variant's search continues past
+        it, up to the final run's cap: the printed line says so)."""
         tune, batch = self.study.config["tune"], self.study.config["train"]["batch_size"]
         if not tune["enabled"]:
             return 0
@@ -161,7 +162,7 @@ def format_plan(plan: Plan, cores: int, gpus: int) -> str:
         f"training FLOPs (cap {train['max_steps']} steps x batch {train['batch_size']} x 6 x MACs): "
         f"{_size(plan.training_flops(), 'FLOP')}",
         f"tuning FLOPs ({len(tune['lrs'])} rates + up to {tune['extend']} past an edge, x {tune['max_steps']} "
-        "steps per variant): "
+        f"steps per variant; a variant with no rate learning yet continues, doubling, up to {train['max_steps']}): "
         f"{_size(plan.tuning_flops(), 'FLOP')}" + ("" if tune["enabled"] else " (tuning off)"),
     ]
     for key, slots in (("cpu", cores), ("h200", gpus)):

@@ -433,14 +433,17 @@ def decide_cooldown(fit: Fit, progress: Progress) -> None:
         )
 
 
-def run_to_convergence(fit: Fit, progress: Progress, after_epoch: Callable[[], None] = lambda: None) -> Progress:
+def run_to_convergence(
+    fit: Fit, progress: Progress, after_epoch: Callable[[], None] = lambda: None, pause_at: int | None = None
+) -> Progress:
     """Train from ``progress`` until the schedule ends or the loss diverges, checking validation as it goes.
 
-    ``after_epoch`` runs at each epoch's end (checkpoints). Everything random is drawn from the epoch's own
-    generator, so a run resumed at an epoch's start replays the same steps.
+    ``after_epoch`` runs at each epoch's end (checkpoints). ``pause_at`` returns at the end of the first epoch
+    that reaches that step (tuning's budgets); calling again continues the same run. Everything random is drawn
+    from the epoch's own generator, so a run paused or resumed at an epoch's start replays the same steps.
     """
     checks, device = fit.check_steps(), fit.choice.device
-    while not progress.finished:
+    while not progress.finished and (pause_at is None or progress.step < pause_at):
         epoch = progress.epochs_completed + 1
         step = progress.step
         loss_sum = torch.zeros((), device=device)

@@ -1,13 +1,19 @@
 """Per-variant learning-rate selection on the validation split, so every variant is compared at its best.
 
 One job per variant sweeps the grid in one process. Each learning rate trains the variant with the final run's
-own loop and schedule (``cnnablate.train.run_to_convergence``: warm-up, the peak held while the run improves,
-the same stopping signals, the cool-down) on the tuning budget ``tune.max_steps`` of ``tune.train_subset``, and
-is scored by its final validation accuracy. Tuning with a schedule of its own (a short decayed run) would favour
-rates the long run at peak does not survive (short-horizon bias, Wu et al. 2018). When the best rate sits at an
-edge of the grid, the search steps past that edge (``tune.extend`` times at most, within ``tune.lr_range``), so
-no variant is compared at a rate the search could not see beyond. The test split is never loaded. Finished grid
-points are kept in a resume file, so a killed sweep continues where it stopped.
+own loop and schedule (``cnnablate.train.run_to_convergence`` with the final run's step cap: warm-up, the peak
+held while the run improves, the same stopping signals, the cool-down): a tuning run *is* the first steps of a
+final run at that rate, paused at the tuning budget. Tuning with a schedule of its own (a short decayed run)
+would favour rates the long run at peak does not survive (short-horizon bias, Wu et al. 2018).
+
+A rate is chosen only from runs that have started to learn: validation accuracy at least ``tune.learned`` of
+the way from chance to 100% with the training loss below TRAINED_LOSS_FRACTION x ln C (``learned``). Scores of
+runs still at chance are noise (a variant once "chose" 0.03 over 0.1 on 18.5% against 12.5%, and one of its
+seeds then learned and the other did not), so while no rate has learned, every rate's run continues for as
+many steps again (the budget doubles), up to the final run's cap. When the best rate sits at an edge of the
+grid, the search steps past that edge (``tune.extend`` times at most, within ``tune.lr_range``), so no variant
+is compared at a rate the search could not see beyond. The test split is never loaded. Finished grid points are
+kept in a resume file, so a killed sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -24,19 +30,21 @@ import torch
 
 from cnnablate.data import ArrayDataset, load_prepared, stratified_subset
 from cnnablate.devices import choose_device
-from cnnablate.train import prepare_fit, run_to_convergence, save_atomic
+from cnnablate.train import TRAINED_LOSS_FRACTION, prepare_fit, run_to_convergence, save_atomic
 
 log = logging.getLogger("cnnablate.tune")
 SELECTION_RULE = (
-    "highest final validation accuracy; ties broken by lower validation loss, then by the smaller learning rate. "
-    "A variant 'did not train' when its training loss stayed above 90% of ln C (the loss of guessing) at every "
-    "learning rate tried."
+    "among the learning rates whose run has started to learn (validation accuracy at least {learned:.0%} of the "
+    "way from chance to 100%, training loss below {trained:.0%} of ln C), the highest validation accuracy at the "
+    "largest budget; ties broken by lower validation loss, then by the smaller learning rate. While no rate has "
+    "learned, every rate trains twice as long, up to the final run's cap; a variant 'did not train' when no rate "
+    "had learned by then."
 )
 
 
 @dataclass
 class GridPoint:
-    """The outcome of training one variant at one learning rate."""
+    """The outcome of training one variant at one learning rate for one budget."""
 
     lr: float
     val_acc: float | None
@@ -47,15 +55,23 @@ class GridPoint:
     steps: int = 0
     stop_reason: str = "cap"
     extended: bool = False  # tried past an edge of the configured grid
+    learned: bool = False  # eligible to be chosen: started to learn (see SELECTION_RULE)
+    budget: int = 0  # the tuning budget (steps) this point was trained for
+
+
+def learned_accuracy(chance: float, learned: float) -> float:
+    """The validation accuracy a tuning run must reach to count as learning: ``learned`` of the way to 100%."""
+    return chance + learned * (1.0 - chance)
 
 
 def select_lr(grid: Sequence[GridPoint]) -> GridPoint:
-    """The best point by SELECTION_RULE; diverged points lose to any finite one."""
+    """The best point by SELECTION_RULE: a point that learned beats any that did not; diverged points lose to
+    any finite one."""
 
-    def key(point: GridPoint) -> tuple[float, float, float]:
+    def key(point: GridPoint) -> tuple[bool, float, float, float]:
         if point.diverged or point.val_acc is None:
-            return (-math.inf, -math.inf, -point.lr)
-        return (point.val_acc, -(point.val_loss or 0.0), -point.lr)
+            return (False, -math.inf, -math.inf, -point.lr)
+        return (point.learned, point.val_acc, -(point.val_loss or 0.0), -point.lr)
 
     return max(grid, key=key)
 
@@ -91,6 +107,14 @@ def tuning_subset(arrays: ArrayDataset, train_subset: float | int, seed: int) ->
     )
 
 
+@dataclass
+class LiveRun:
+    """A tuning run paused at its budget, kept in memory so a larger budget continues it instead of restarting."""
+
+    fit: Any
+    progress: Any
+
+
 def try_learning_rate(
     spec: Mapping[str, Any],
     arrays: ArrayDataset,
@@ -98,27 +122,39 @@ def try_learning_rate(
     tune: Mapping[str, Any],
     lr: float,
     extended: bool = False,
+    budget: int | None = None,
+    live: dict[float, LiveRun] | None = None,
 ) -> GridPoint:
-    """Train at one learning rate with the final run's loop and schedule on the tuning budget."""
-    choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"])
-    fit = prepare_fit(spec, arrays, tune["seed"], recipe, lr, choice, max_steps=tune["max_steps"])
-    progress = run_to_convergence(fit, fit.new_progress())
+    """Train at one learning rate with the final run's loop, schedule and cap, paused after ``budget`` steps
+    (default ``tune.max_steps``; rounded up to an epoch's end). A paused run in ``live`` is continued."""
+    budget = tune["max_steps"] if budget is None else budget
+    run = (live or {}).get(lr)
+    if run is None or run.progress.step > budget:
+        choice = choose_device(recipe["precision"], recipe["channels_last"], recipe["jobs_per_gpu"])
+        fit = prepare_fit(spec, arrays, tune["seed"], recipe, lr, choice, max_steps=max(recipe["max_steps"], budget))
+        run = LiveRun(fit, fit.new_progress())
+    progress = run_to_convergence(run.fit, run.progress, pause_at=budget)
+    if live is not None:
+        live[lr] = run
     curve = [row["val_acc"] for row in progress.history]
     if progress.diverged:
         log.info("lr %g diverged at step %d", lr, progress.step)
-        return GridPoint(lr, None, None, curve[:-1], True, False, progress.step, "diverged", extended)
+        return GridPoint(lr, None, None, curve[:-1], True, False, progress.step, "diverged", extended, False, budget)
     last = progress.history[-1]
-    log.info("lr %g: validation accuracy %.4f, loss %.4f (%s)", lr, last["val_acc"], last["val_loss"], progress.outcome)
-    return GridPoint(
+    trained = progress.convergence.trained
+    chance = 1.0 / arrays.num_classes
+    learned = trained and last["val_acc"] >= learned_accuracy(chance, tune.get("learned", 0.0))
+    stop = progress.stop_reason if progress.finished else "budget"
+    log.info(
+        "lr %g, %d steps: validation accuracy %.4f, loss %.4f (%s)",
         lr,
+        progress.step,
         last["val_acc"],
         last["val_loss"],
-        curve,
-        False,
-        progress.convergence.trained,
-        progress.step,
-        progress.stop_reason,
-        extended,
+        "learned" if learned else "not learning yet",
+    )
+    return GridPoint(
+        lr, last["val_acc"], last["val_loss"], curve, False, trained, progress.step, stop, extended, learned, budget
     )
 
 
@@ -140,40 +176,63 @@ def tune_variant(
     if resume_file.exists():
         saved = torch.load(resume_file, weights_only=True)
         done = saved["grid"] if saved["fingerprint"] == fingerprint else {}
+    live: dict[float, LiveRun] = {}
 
-    def point(lr: float, extended: bool = False) -> GridPoint:
-        if repr(lr) not in done:
-            done[repr(lr)] = vars(try_learning_rate(spec, arrays, recipe, tune, lr, extended=extended))
+    def point(lr: float, budget: int) -> GridPoint:
+        key = f"{lr!r}@{budget}"
+        if key not in done:
+            extended = lr not in tune["lrs"]
+            done[key] = vars(
+                try_learning_rate(spec, arrays, recipe, tune, lr, extended=extended, budget=budget, live=live)
+            )
             save_atomic({"fingerprint": fingerprint, "grid": done}, resume_file)
-        return GridPoint(**done[repr(lr)])
+        return GridPoint(**done[key])
 
-    grid = [point(lr) for lr in tune["lrs"]]
-    while (beyond := next_rate_past_edge(grid, tune)) is not None:
-        log.info("best rate at an edge of the grid: trying %g", beyond)
-        grid.append(point(beyond, extended=True))
+    rates, budget, cap = list(tune["lrs"]), tune["max_steps"], max(recipe["max_steps"], tune["max_steps"])
+    rounds = []
+    while True:
+        grid = [point(lr, budget) for lr in rates]
+        if any(p.learned for p in grid):
+            beyond = next_rate_past_edge(grid, tune)
+            if beyond is None:
+                break
+            log.info("best rate at an edge of the grid: trying %g", beyond)
+            rates.append(beyond)
+            continue
+        if budget >= cap or all(p.diverged or p.stop_reason != "budget" for p in grid):
+            break
+        rounds.append(budget)
+        budget = min(2 * budget, cap)
+        log.info("no rate has started to learn: every rate continues to %d steps", budget)
     grid.sort(key=lambda p: p.lr)
     best = select_lr(grid)
     chance = 1.0 / arrays.num_classes
-    n_val = len(arrays.y_val)
-    trained = any(p.trained and not p.diverged for p in grid)
     result = {
         "study": study,
         "variant": variant,
         "metric": "val_acc",
         "chosen_lr": best.lr,
-        "trained": trained,
+        "trained": best.learned,
         "chance": chance,
-        "validation_images": n_val,
+        "learned_acc": learned_accuracy(chance, tune["learned"]),
+        "validation_images": len(arrays.y_val),
         "validation_digest": arrays.validation_digest,
         "tuning_images": len(arrays.y_train),
-        "max_steps": tune["max_steps"],
+        "max_steps": budget,
+        "budgets": [*rounds, budget],
         "grid": [vars(point) for point in grid],
-        "rule": SELECTION_RULE,
+        "rule": SELECTION_RULE.format(learned=tune["learned"], trained=TRAINED_LOSS_FRACTION),
     }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(result, indent=2) + "\n")
     resume_file.unlink(missing_ok=True)
-    log.info("%s: chose lr %g (%s)", variant, best.lr, "trained" if trained else "did not train at any lr")
+    log.info(
+        "%s: chose lr %g after %d steps per rate (%s)",
+        variant,
+        best.lr,
+        budget,
+        "learned" if best.learned else "no rate learned",
+    )
     return result
 
 
@@ -197,6 +256,8 @@ def tuning_table(tuning_files: Sequence[str | Path], output: str | Path) -> None
                     "val_acc": point["val_acc"],
                     "diverged": point["diverged"],
                     "trained_at_lr": point["trained"],
+                    "learned": point.get("learned", point["trained"]),
+                    "budget": point.get("budget", result["max_steps"]),
                     "steps": point["steps"],
                     "stop_reason": point["stop_reason"],
                     "extended": point["extended"],
