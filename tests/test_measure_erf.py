@@ -146,6 +146,21 @@ def test_models_bound_to_their_input_size_are_measured_on_the_image() -> None:
     assert result.map.sum() == pytest.approx(1.0)
 
 
+def test_a_locally_connected_network_whose_field_exceeds_its_image_is_measured_on_the_image() -> None:
+    """The demo's arch-local on 24x24 digits: its last map's field (32 px) exceeds the image, and the canvas
+    search never found a fit (per-position weights); it is measured on the image, flagged truncated."""
+    from cnnablate.config import Study, validate_config
+    from cnnablate.models import build_model
+
+    base = {"arch": "local", "widths": [2, 2, 2], "blocks_per_stage": 2, "fc_hidden": [8]}
+    config = validate_config({"study": "s", "data": {"dataset": "digits"}, "train": {}, "seeds": [0], "base": base})
+    model = build_model(Study.from_config(config).variants["base"].spec, 10, 3, 24).eval()
+    result = effective_rf(model, input_size=(3, 24, 24), n_random=2, batch_size=2)
+    assert result.canvas == (24, 24)
+    assert result.truncated
+    assert result.map.sum() == pytest.approx(1.0)
+
+
 def test_map_is_normalised_centred_and_summaries_are_consistent() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(
