@@ -150,3 +150,20 @@ def test_parameter_axis_shows_a_narrow_range(tmp_path: Path, saved_figures: dict
     assert macs.get_xscale() == "log"
     assert params.get_ylim() == (0, 100)
     assert saved_figures["cost.png"] == []
+
+
+def test_the_learning_rate_figure_draws_the_learned_line_and_names_a_later_budget(
+    tmp_path: Path, saved_figures: dict, drawn_figures: list[Figure]
+) -> None:
+    variants = ["base", "norm-none"]
+    searches = {v: _search(v, (0.4, 0.7, 0.5), (0.03, 0.1, 0.3)) for v in variants}
+    for search in searches.values():
+        search["learned_acc"] = 0.325
+    searches["norm-none"]["budgets"] = [150, 300, 600]
+    figures.lr_sensitivity_figure(searches, variants, figures.variant_styles(variants), "norm", tmp_path / "lr.png")
+    ax = drawn_figures[0].axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert "learned: rate can be chosen" in labels
+    assert "norm-none (at 600 steps)" in labels and "base" in labels
+    assert any(list(line.get_ydata()) == [32.5, 32.5] for line in ax.get_lines())
+    assert saved_figures["lr.png"] == []

@@ -141,6 +141,8 @@ def lr_sensitivity_figure(
         grid = sorted((point for point in search["grid"] if point["val_acc"] is not None), key=lambda p: p["lr"])
         style = styles[variant]
         label = variant if search.get("trained", True) else f"{variant} ({NOT_TRAINED})"
+        if len(search.get("budgets", [])) > 1:  # no rate had learned at the first budget: judged later
+            label += f" (at {search['budgets'][-1]} steps)"
         ax.plot(
             [p["lr"] for p in grid],
             [p["val_acc"] * 100 for p in grid],
