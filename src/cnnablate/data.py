@@ -1,4 +1,5 @@
-"""Datasets: CIFAR download and integrity check, the built-in synthetic dataset, bring-your-own npz.
+"""Datasets: CIFAR download and integrity check, the built-in cluttered digits (the demo's) and synthetic dataset,
+bring-your-own npz.
 
 Every dataset is prepared once (by one workflow rule) into one canonical ``.npz`` file: ``x_train``, ``x_val``
 and ``x_test`` uint8 N x H x W x C, ``y_train``, ``y_val`` and ``y_test`` int64, ``classes``. The validation
