@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from cnnablate import layout
 from cnnablate.tracking import JOB_KEY_TAG, ROLE_TAG, setup_study, track_run, track_tuning
 from cnnablate.train import train
 from test_train import make_job
@@ -41,7 +42,12 @@ def test_a_finished_training_run_is_mirrored_with_its_curves_numbers_attempts_an
     curve = client.get_metric_history(run_id, "val_acc")
     assert [point.step for point in curve] == history["step"].tolist()
     assert [point.value for point in curve] == pytest.approx(history["val_acc"].tolist())
-    assert {f.path for f in client.list_artifacts(run_id)} >= {"metrics.json", "history.csv", "model.pt"}
+    assert {f.path for f in client.list_artifacts(run_id)} >= {
+        "metrics.json",
+        "history.csv",
+        "model.pt",
+        layout.PREDICTIONS,
+    }
 
 
 def test_a_learning_rate_search_is_mirrored_as_a_tuning_run(tmp_path, setup) -> None:

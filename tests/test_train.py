@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
+from cnnablate import layout
 from cnnablate.config import Study, validate_config
-from cnnablate.data import ArrayDataset, make_synthetic, split_validation
+from cnnablate.data import ArrayDataset, load_prepared, make_synthetic, split_validation
 from cnnablate.loader import DeviceDataset, random_crop_flip
 from cnnablate.train import Convergence, NesterovSGD, Schedule, TrainJob, train
 from conftest import recording_layers, tiny_config
@@ -192,6 +193,11 @@ def test_training_is_deterministic_and_writes_its_files(tmp_path) -> None:
     assert isinstance(state, dict)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert not (tmp_path / "a" / "checkpoint.pt").exists()
+    predictions = np.load(run / layout.PREDICTIONS)
+    labels = load_prepared(tmp_path / "data.npz").y_test
+    assert predictions.shape == labels.shape and predictions.dtype == np.uint8  # one byte per image: a few KB
+    assert (predictions == labels).mean() == pytest.approx(metrics["test_acc"])  # the test accuracy, per image
+    assert np.array_equal(predictions, np.load(tmp_path / "b" / "run" / layout.PREDICTIONS))
 
 
 def test_the_cooldown_starts_after_patience_steps_without_improvement(tmp_path) -> None:
@@ -346,6 +352,7 @@ def test_a_diverging_run_is_recorded_not_raised(tmp_path) -> None:
     assert metrics["stop_reason"] == "diverged"
     saved = json.loads((tmp_path / "nan" / "run" / "metrics.json").read_text())
     assert saved["diverged"] is True
+    assert np.load(tmp_path / "nan" / "run" / layout.PREDICTIONS).size == 0  # no model to predict with
 
 
 def test_bf16_channels_last_path_runs_on_cpu(tmp_path) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 METRICS = "metrics.json"
 HISTORY = "history.csv"
 MODEL = "model.pt"
+PREDICTIONS = "test_predictions.npy"  # the predicted class of every test image, in the test split's order
 MEASURES = "measures.json"
 ERF_INIT = "erf_init.npy"
 ERF_TRAINED = "erf_trained.npy"

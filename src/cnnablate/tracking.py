@@ -377,7 +377,9 @@ def track_run(setup_path: str | Path, run_dir: str | Path, output: str | Path) -
         run.log_metrics({f"final_{name}": float(metrics[name]) for name in FINAL_METRICS if metrics[name] is not None})
         for number, attempt in enumerate(metrics["attempts"], start=1):
             run.log_metrics(numeric_items(attempt, f"attempt{number}."))
-        run.log_artifacts([run_dir / name for name in (layout.METRICS, layout.HISTORY, layout.MODEL)])
+        run.log_artifacts(
+            [run_dir / name for name in (layout.METRICS, layout.HISTORY, layout.MODEL, layout.PREDICTIONS)]
+        )
     Path(output).write_text(json.dumps({"run_id": run.run_id}) + "\n")
     return run.run_id
 

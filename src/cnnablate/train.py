@@ -36,6 +36,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -335,8 +336,16 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: DeviceChoice) -> tuple[float, float]:
-    """Mean cross-entropy (no smoothing) and accuracy on a split (validation during training, test at the end)."""
+def evaluate(
+    model: nn.Module,
+    data: DeviceDataset,
+    batch_size: int,
+    choice: DeviceChoice,
+    predictions: list[torch.Tensor] | None = None,
+) -> tuple[float, float]:
+    """Mean cross-entropy (no smoothing) and accuracy on a split (validation during training, test at the end);
+    ``predictions`` collects the predicted class of every image, in the split's order (the test split's are
+    kept, so that two runs can be compared image by image)."""
     model.eval()
     loss_sum = torch.zeros((), device=choice.device)
     correct = torch.zeros((), device=choice.device, dtype=torch.long)
@@ -344,7 +353,10 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, choice: Dev
         with autocast(choice.device, choice.autocast_dtype):
             logits = model(images).float()
         loss_sum += nn.functional.cross_entropy(logits, labels, reduction="sum")
-        correct += (logits.argmax(dim=1) == labels).sum()
+        predicted = logits.argmax(dim=1)
+        correct += (predicted == labels).sum()
+        if predictions is not None:
+            predictions.append(predicted)
     model.train()
     return loss_sum.item() / len(data), correct.item() / len(data)
 
@@ -597,8 +609,9 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
     return Attempt(lr, fit, progress, resumed_from, setup_seconds, training_started)
 
 
-def test_metrics(kept: Attempt, arrays: ArrayDataset) -> dict[str, Any]:
-    """Test loss and accuracy of the kept attempt's model (None when it diverged)."""
+def test_metrics(kept: Attempt, arrays: ArrayDataset) -> tuple[dict[str, Any], np.ndarray]:
+    """Test loss and accuracy of the kept attempt's model (None when it diverged), and its predicted class per
+    test image (empty when it diverged)."""
     train_data = kept.fit.train_data
     test_data = DeviceDataset(
         arrays.x_test,
@@ -609,10 +622,13 @@ def test_metrics(kept: Attempt, arrays: ArrayDataset) -> dict[str, Any]:
         kept.fit.choice.channels_last,
         train_data.dtype,
     )
+    dtype = np.min_scalar_type(arrays.num_classes - 1)
     if kept.progress.diverged:
-        return {"test_acc": None, "test_loss": None, "test_images": len(test_data)}
-    loss, accuracy = evaluate(kept.fit.model, test_data, kept.fit.recipe["eval_batch_size"], kept.fit.choice)
-    return {"test_acc": accuracy, "test_loss": loss, "test_images": len(test_data)}
+        return {"test_acc": None, "test_loss": None, "test_images": len(test_data)}, np.zeros(0, dtype)
+    predicted: list[torch.Tensor] = []
+    loss, accuracy = evaluate(kept.fit.model, test_data, kept.fit.recipe["eval_batch_size"], kept.fit.choice, predicted)
+    classes = torch.cat(predicted).cpu().numpy().astype(dtype)
+    return {"test_acc": accuracy, "test_loss": loss, "test_images": len(test_data)}, classes
 
 
 def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], kept: Attempt) -> dict[str, Any]:
@@ -668,7 +684,8 @@ def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], ke
 
 
 def train(job: TrainJob) -> dict[str, Any]:
-    """Train (or resume) one job until it stops improving; write metrics.json, history.csv and model.pt.
+    """Train (or resume) one job until it stops improving; write metrics.json, history.csv, model.pt and the
+    test predictions.
 
     MLflow is not on this path: the ``track`` rule mirrors the finished run's files (``cnnablate.tracking``).
     """
@@ -702,8 +719,10 @@ def train(job: TrainJob) -> dict[str, Any]:
     # evaluation: the test split, read once, for the kept attempt
     training_done = time.time()
     metrics = run_metrics(job, arrays, attempts, kept)
-    metrics.update(test_metrics(kept, arrays))
+    scores, predictions = test_metrics(kept, arrays)
+    metrics.update(scores)
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    np.save(job.run_dir / layout.PREDICTIONS, predictions)
     torch.save({k: v.detach().cpu() for k, v in kept.fit.model.state_dict().items()}, job.run_dir / layout.MODEL)
     write_history(kept.progress.history, job.run_dir / layout.HISTORY)
     metrics["overhead_seconds"] = {**timings, "finalize": time.time() - training_done}

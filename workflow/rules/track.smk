@@ -8,6 +8,7 @@ rule track:
         metrics=run_file(layout.METRICS),
         history=run_file(layout.HISTORY),
         model=run_file(layout.MODEL),
+        predictions=run_file(layout.PREDICTIONS),
     output:
         run_file(layout.TRACKED),
     log:

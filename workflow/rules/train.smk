@@ -27,6 +27,7 @@ rule train:
         metrics=run_file(layout.METRICS),
         history=run_file(layout.HISTORY),
         model=run_file(layout.MODEL),
+        predictions=run_file(layout.PREDICTIONS),
     log:
         f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
     benchmark:
