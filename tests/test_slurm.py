@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cnnablate import layout
 from cnnablate.config import Study, validate_config
 from conftest import ROOT, TINY_CONFIG, snakemake, tiny_config, write_config
 
@@ -156,7 +157,7 @@ def test_analysis_jobs_request_a_gpu_and_data_jobs_cpus_only(tmp_path, monkeypat
         *(
             f"results/tiny/runs/{run}/{name}"
             for run in runs  # trained: the analyses come next
-            for name in ("metrics.json", "history.csv", "model.pt")
+            for name in (layout.METRICS, layout.HISTORY, layout.MODEL, layout.PREDICTIONS)
         ),
     )
     _, analyses = run_with_fake_slurm(tmp_path, monkeypatch, config)
