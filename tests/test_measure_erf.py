@@ -147,8 +147,8 @@ def test_models_bound_to_their_input_size_are_measured_on_the_image() -> None:
 
 
 def test_a_locally_connected_network_whose_field_exceeds_its_image_is_measured_on_the_image() -> None:
-    """The demo's arch-local on 24x24 digits: its last map's field (32 px) exceeds the image, and the canvas
-    search never found a fit (per-position weights); it is measured on the image, flagged truncated."""
+    """The demo's arch-local on 24x24 digits: its last map's field (32 px) exceeds the image, and a larger canvas
+    gives the same 6x6 map, so no canvas can hold the field; it is measured on the image, flagged truncated."""
     from cnnablate.config import Study, validate_config
     from cnnablate.models import build_model
 

@@ -157,8 +157,9 @@ def _fit_canvas(
 ) -> tuple[tuple[int, int], RFLayer]:
     """Smallest canvas (at least the image) holding the TRF of the centre unit, or the given canvas.
 
-    A model that cannot run on a larger input is measured on the image itself (the map is then flagged
-    ``truncated`` if the field does not fit).
+    A model that cannot run on a larger input, or whose map does not grow with it (the locally connected
+    network: its analysis on a larger canvas gives the image's map again), is measured on the image itself (the
+    map is then flagged ``truncated`` if the field does not fit).
     """
     image = (shape[1], shape[2])
 
@@ -172,7 +173,7 @@ def _fit_canvas(
         if hw[0] < image[0] or hw[1] < image[1]:
             raise ValueError(f"canvas {hw} is smaller than the images {image}")
         return hw, entry(hw)
-    hw = image
+    hw, at_image = image, None
     for _ in range(16):
         try:
             e = entry(hw)
@@ -180,6 +181,10 @@ def _fit_canvas(
             if hw == image:
                 raise
             return image, entry(image)  # the model only runs at its own input size (locally connected layers)
+        if at_image is None:
+            at_image = e
+        elif e.shape == at_image.shape:  # the map did not grow with the canvas: bound to its input size
+            return image, at_image
         region = e.region((e.shape[0] // 2, e.shape[1] // 2))
         fits = [region[a][0] >= 0 and region[a][1] <= hw[a] - 1 for a in (0, 1)]
         if all(fits):
@@ -187,9 +192,7 @@ def _fit_canvas(
         hw = tuple(  # type: ignore[assignment]
             hw[a] if fits[a] else max(hw[a] + e.stride[a], e.size[a] + 2 * e.stride[a]) for a in (0, 1)
         )
-    # A locally connected network shape-checks on larger canvases in the RF analysis but its field never fits
-    # there (its weights are per position): measure it on its own image, where the map is flagged truncated.
-    return image, entry(image)
+    raise RuntimeError(f"no canvas found on which the receptive field of {trf.layer!r} fits")
 
 
 def effective_rf(
