@@ -197,7 +197,7 @@ def test_tuning_runs_the_final_runs_loop_so_the_same_budget_gives_the_same_valid
     final = train(job)
     from cnnablate.data import load_prepared
 
-    tune = {"seed": job.seed, "max_steps": 9}
+    tune = {"seed": job.seed, "max_steps": 9, "learned": 0.25}
     tuned = try_learning_rate(job.spec, load_prepared(job.dataset, test=False), job.recipe, tune, job.peak_lr)
     assert tuned.val_acc == final["val_acc"]
     assert tuned.steps == final["steps"]

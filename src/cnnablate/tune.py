@@ -30,7 +30,7 @@ import torch
 
 from cnnablate.data import ArrayDataset, load_prepared, stratified_subset
 from cnnablate.devices import choose_device
-from cnnablate.train import TRAINED_LOSS_FRACTION, prepare_fit, run_to_convergence, save_atomic
+from cnnablate.train import TRAINED_LOSS_FRACTION, Fit, Progress, prepare_fit, run_to_convergence, save_atomic
 
 log = logging.getLogger("cnnablate.tune")
 SELECTION_RULE = (
@@ -111,8 +111,8 @@ def tuning_subset(arrays: ArrayDataset, train_subset: float | int, seed: int) ->
 class LiveRun:
     """A tuning run paused at its budget, kept in memory so a larger budget continues it instead of restarting."""
 
-    fit: Any
-    progress: Any
+    fit: Fit
+    progress: Progress
 
 
 def try_learning_rate(
@@ -143,7 +143,7 @@ def try_learning_rate(
     last = progress.history[-1]
     trained = progress.convergence.trained
     chance = 1.0 / arrays.num_classes
-    learned = trained and last["val_acc"] >= learned_accuracy(chance, tune.get("learned", 0.0))
+    learned = trained and last["val_acc"] >= learned_accuracy(chance, tune["learned"])
     stop = progress.stop_reason if progress.finished else "budget"
     log.info(
         "lr %g, %d steps: validation accuracy %.4f, loss %.4f (%s)",
