@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,7 +19,16 @@ from cnnablate import layout
 from cnnablate.config import Study, validate_config
 from cnnablate.data import ArrayDataset, load_prepared, make_synthetic, split_validation
 from cnnablate.loader import DeviceDataset, random_crop_flip
-from cnnablate.train import Convergence, NesterovSGD, Schedule, TrainJob, train
+from cnnablate.train import (
+    Attempt,
+    Convergence,
+    NesterovSGD,
+    Progress,
+    Schedule,
+    TrainJob,
+    train,
+    trained_accuracy,
+)
 from conftest import recording_layers, tiny_config
 
 
@@ -95,12 +105,30 @@ def test_convergence_counts_steps_since_any_signal_improved_by_min_delta_on_its_
     assert convergence.best_train_loss == 1.35
 
 
-def test_a_run_trained_when_its_training_loss_left_the_loss_of_guessing() -> None:
+def test_a_tuning_run_optimised_when_its_training_loss_left_the_loss_of_guessing() -> None:
     convergence = Convergence(min_delta=0.01, chance_loss=2.0)
     convergence.update(10, 0.11, 2.0, 1.85)  # 92.5% of ln C: still guessing
-    assert not convergence.trained
+    assert not convergence.optimised
     convergence.update(20, 0.11, 2.0, 1.75)  # 87.5%: it optimises, whatever validation says
-    assert convergence.trained
+    assert convergence.optimised
+
+
+def test_a_final_run_trained_only_when_its_final_model_fits_the_training_split() -> None:
+    """One low training-loss segment passes the loss check, but the run is judged on its final model: the
+    receptive-field study's run at 11.7% training accuracy on 10 classes did not train."""
+    progress = Progress(Schedule(warmup_steps=1), Convergence(0.01, math.log(10)), stop_reason="plateau")
+    progress.convergence.update(10, 0.12, 2.2, 0.5)
+    assert progress.convergence.optimised
+
+    def attempt(train_acc: float | None, diverged: bool = False) -> Attempt:
+        progress.diverged = diverged
+        return Attempt(0.1, SimpleNamespace(chance=0.1), progress, None, 0.0, 0.0, 2.2, train_acc)
+
+    assert trained_accuracy(0.1) == pytest.approx(0.325)
+    assert attempt(0.117).outcome == "did_not_train"
+    assert attempt(0.324).outcome == "did_not_train"
+    assert attempt(0.326).outcome == "converged"
+    assert attempt(None, diverged=True).outcome == "diverged"
 
 
 def test_nesterov_sgd_steps_exactly_as_torch_optim_sgd() -> None:
@@ -249,6 +277,7 @@ def test_a_run_that_does_not_optimise_did_not_train_and_one_stopped_by_the_cap_i
     assert still["trained"] is False
     assert still["chance"] == 0.1
     assert still["best_train_loss"] > 0.9 * math.log(10)
+    assert still["train_acc"] < still["trained_accuracy"] == pytest.approx(0.325)
     learned = train(make_job(tmp_path, "learns", lr=0.2, max_steps=60, patience=60, min_steps=60))
     assert learned["outcome"] == "not_converged"
     assert learned["stop_reason"] == "cap"

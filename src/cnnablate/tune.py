@@ -141,7 +141,7 @@ def try_learning_rate(
         log.info("lr %g diverged at step %d", lr, progress.step)
         return GridPoint(lr, None, None, curve[:-1], True, False, progress.step, "diverged", extended, False, budget)
     last = progress.history[-1]
-    trained = progress.convergence.trained
+    trained = progress.convergence.optimised
     chance = 1.0 / arrays.num_classes
     learned = trained and last["val_acc"] >= learned_accuracy(chance, tune["learned"])
     stop = progress.stop_reason if progress.finished else "budget"
