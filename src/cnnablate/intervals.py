@@ -21,8 +21,9 @@ Hand-written here, and why: the crossed variance and the Satterthwaite combinati
 computes a two-way crossed design from a 0/1 matrix), and the detectable difference, solved on scipy's
 noncentral t with the combined standard error and degrees of freedom (statsmodels' power classes take one
 sample's standard deviation and n - 1 degrees of freedom, not a sum of two variance components). Quantiles
-come from scipy.stats and the Holm correction from statsmodels. ``tests/test_intervals.py`` checks the engine against simulated studies with a
-known answer: coverage, the family-wise false verdict rate under no effect, and power at an injected one.
+come from scipy.stats and the Holm correction from statsmodels. ``tests/test_intervals.py`` checks the engine
+against simulated studies with a known answer: coverage, the family-wise false verdict rate under no effect,
+and power at an injected one.
 """
 
 from __future__ import annotations
