@@ -58,6 +58,9 @@ ACCURACY = {
 SEED_OFFSET = {0: -0.012, 1: 0.004, 2: 0.010, 3: -0.003}  # shared by every variant: pairing cancels it
 LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 STEPS_PER_EPOCH = 32
+TEST_IMAGES = 500
+TEST_LABELS = np.arange(TEST_IMAGES) % 10
+DIFFICULTY = np.random.default_rng(7).permutation(TEST_IMAGES)  # the images every model finds hardest come last
 
 
 @dataclass
@@ -70,6 +73,7 @@ class FixtureStudy:
     tuning: list[str] = field(default_factory=list)
     interpret: list[str] = field(default_factory=list)
     analyses: dict[str, list[str]] = field(default_factory=dict)
+    test_labels: str = ""
 
     @property
     def results(self) -> str:
@@ -89,7 +93,16 @@ class FixtureStudy:
             summary_csv=out / "summary.csv",
             figures_dir=out / "figures",
             html_path=out / "index.html",
+            test_labels=self.test_labels,
         )
+
+
+def _predictions(accuracy: float, rng: np.random.Generator) -> np.ndarray:
+    """A run's predicted class per test image, right on round(accuracy x N) images: the easiest by the shared
+    difficulty, give or take a run's own jitter (models err together on hard images, which pairing uses)."""
+    rank = np.argsort(np.argsort(DIFFICULTY + rng.normal(0, 40, TEST_IMAGES)))
+    correct = rank < round(accuracy * TEST_IMAGES)
+    return np.where(correct, TEST_LABELS, (TEST_LABELS + 1) % 10).astype(np.uint8)
 
 
 def _gaussian_map(size: int, std: float) -> np.ndarray:
@@ -219,6 +232,10 @@ def write_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
     study = Study.from_config(config)
     fixture = FixtureStudy(study, root)
     results = fixture.results
+    labels = root / results / "data" / "dataset.npz"
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(labels, y_test=TEST_LABELS)
+    fixture.test_labels = str(labels)
     for index, (variant_id, variant) in enumerate(study.variants.items()):
         mean = ACCURACY[variant_id]
         dead = variant_id == "norm-none"
@@ -233,7 +250,7 @@ def write_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
             run = root / layout.run_dir(results, variant_id, seed)
             run.mkdir(parents=True, exist_ok=True)
             noise = np.random.default_rng(100 * index + seed).normal(0, 0.003)  # the variant's own seed-to-seed noise
-            accuracy = mean if dead else mean + SEED_OFFSET[seed] + noise
+            accuracy = round((mean if dead else mean + SEED_OFFSET[seed] + noise) * TEST_IMAGES) / TEST_IMAGES
             diverged = variant_id == "pool-none" and seed == 2
             metrics = {
                 "study": study.name,
@@ -248,7 +265,7 @@ def write_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
                 "train_seconds": 12.0 + seed,
                 "images_per_second": 2000.0,
                 "num_classes": 10,
-                "test_images": 500,
+                "test_images": TEST_IMAGES,
                 "git_commit": "0123abc",
                 "versions": {"torch": "2.13.0"},
             }
@@ -283,6 +300,10 @@ def write_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2)) -> FixtureStudy:
             measures = _measures(variant.spec, accuracy, seed)
             metrics["params"] = measures["params"]
             (run / layout.METRICS).write_text(json.dumps(metrics))
+            predicted = (
+                np.zeros(0, np.uint8) if diverged else _predictions(accuracy, np.random.default_rng([index, seed]))
+            )
+            np.save(run / layout.PREDICTIONS, predicted)
             (run / layout.MEASURES).write_text(json.dumps(measures))
             _history(accuracy, seed, diverged).to_csv(run / layout.HISTORY, index=False)
             spatial = variant.spec["arch"] != "fc"

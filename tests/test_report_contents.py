@@ -96,10 +96,7 @@ def test_accuracy_figure_points_are_the_runs_and_the_summary(
         for container, (_, row) in zip(bars, stats_by_variant.iterrows(), strict=True):
             _, y = container.lines[0].get_data()
             assert y[0] == pytest.approx(row["test_acc_mean"] * 100)
-            low, high, kind = figures.accuracy_interval(row)
-            # two seeds: the t interval is uninformative, so the bar is the test set's Wilson interval
-            assert kind == figures.TEST_SET_INTERVAL
-            assert not row["test_acc_t_informative"]
+            low, high = row["test_acc_ci_low"], row["test_acc_ci_high"]  # the engine's interval, seeds and images
             if container.has_yerr:
                 (segment,) = container.lines[2][0].get_segments()
                 assert sorted(segment[:, 1]) == pytest.approx([low * 100, high * 100])
@@ -131,40 +128,22 @@ def test_every_child_run_hangs_under_the_study_parent_run(tiny_study: Path) -> N
         assert run.data.tags.get("mlflow.parentRunId") == setup["parent_run_id"], run.info.run_name
 
 
-def _half_width(values: np.ndarray) -> float:
-    """Half of the 95% Student-t interval of the mean, from scipy's t quantile and standard error."""
-    return float(stats.t.ppf(0.975, len(values) - 1) * stats.sem(values))
-
-
-def test_summary_intervals_are_recomputed_from_the_raw_metrics(tiny_study: Path) -> None:
-    raw = [json.loads(p.read_text()) for p in (tiny_study / RESULTS).glob("runs/*/seed*/metrics.json")]
-    accuracy = {(m["variant"], m["seed"]): m["test_acc"] for m in raw}
-    seeds = sorted({seed for _, seed in accuracy})
+def test_summary_intervals_are_recomputed_from_the_raw_predictions(tiny_study: Path) -> None:
+    """The accuracy interval by hand from each run's test_predictions.npy: the variance of the mean over seeds
+    and images as var(per-seed accuracy) / n + var(per-image accuracy over seeds) / N, Satterthwaite's degrees
+    of freedom, scipy's t quantile, cut to [0, 1]."""
+    labels = np.load(tiny_study / RESULTS / "data/dataset.npz")["y_test"]
     summary = pd.read_csv(tiny_study / RESULTS / "summary.csv").set_index("variant")
-    assert sorted(summary.index) == sorted({variant for variant, _ in accuracy})
-    assert len(seeds) == 2
     for variant, row in summary.iterrows():
-        values = np.array([accuracy[variant, seed] for seed in seeds])
-        half = _half_width(values)  # cut to [0, 1]: an accuracy cannot leave it
-        assert row["test_acc_mean"] == pytest.approx(values.mean(), abs=1e-12)
-        assert row["test_acc_ci_low"] == pytest.approx(max(0.0, values.mean() - half), abs=1e-12)
-        assert row["test_acc_ci_high"] == pytest.approx(min(1.0, values.mean() + half), abs=1e-12)
-        images = raw[0]["test_images"]
-        wilson = stats.binomtest(round(values.mean() * images), images).proportion_ci(0.95, method="wilson")
-        assert (row["test_acc_binomial_low"], row["test_acc_binomial_high"]) == pytest.approx(
-            (wilson.low, wilson.high), abs=1e-12
-        )
-        base_values = np.array([accuracy["base", seed] for seed in seeds])
-        differences = values - base_values
-        assert row["paired_seeds"] == len(seeds)
-        assert row["paired_diff"] == pytest.approx(differences.mean(), abs=1e-12)
-        half = _half_width(differences)  # base against itself: no spread, the interval is the point
-        low, high = differences.mean() - half, differences.mean() + half
-        if variant != "base":  # widened to the test set's own error of the difference: Newcombe's method 10
-            mean, base_mean = values.mean(), base_values.mean()
-            ours = stats.binomtest(round(mean * images), images).proportion_ci(0.95, method="wilson")
-            theirs = stats.binomtest(round(base_mean * images), images).proportion_ci(0.95, method="wilson")
-            low = min(low, mean - base_mean - math.hypot(mean - ours.low, theirs.high - base_mean))
-            high = max(high, mean - base_mean + math.hypot(ours.high - mean, base_mean - theirs.low))
-        assert row["paired_ci_low"] == pytest.approx(max(-1.0, low), abs=1e-12)
-        assert row["paired_ci_high"] == pytest.approx(min(1.0, high), abs=1e-12)
+        runs = sorted((tiny_study / RESULTS / "runs" / variant).glob("seed*"))
+        correct = np.stack([np.load(run / "test_predictions.npy") == labels for run in runs]).astype(float)
+        seeds, images = correct.shape
+        seed_part = correct.mean(axis=1).var(ddof=1) / seeds
+        image_part = correct.mean(axis=0).var(ddof=1) / images
+        dof = (seed_part + image_part) ** 2 / (seed_part**2 / (seeds - 1) + image_part**2 / (images - 1))
+        half = stats.t.ppf(0.975, dof) * math.sqrt(seed_part + image_part)
+        mean = correct.mean()
+        assert row["test_acc_mean"] == pytest.approx(mean, abs=1e-12)
+        assert row["test_acc_ci_low"] == pytest.approx(max(0.0, mean - half), abs=1e-9)
+        assert row["test_acc_ci_high"] == pytest.approx(min(1.0, mean + half), abs=1e-9)
+        assert math.isnan(row["paired_diff"])  # the tiny study's base does not train: nothing is compared

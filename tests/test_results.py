@@ -11,45 +11,31 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from cnnablate import layout
-from cnnablate.results import (
-    collect_results,
-    newcombe_interval,
-    paired_difference_interval,
-    read_tuning,
-    steps_to_reach,
-    summarize,
-    with_test_set_floor,
-)
+from cnnablate import intervals, layout
+from cnnablate.results import collect_results, per_image_correctness, read_tuning, steps_to_reach, summarize
 from study_fixture import write_study
 
 
-def test_paired_interval_is_the_t_interval_of_per_seed_differences() -> None:
+def test_a_difference_without_per_image_predictions_is_paired_by_seed_with_an_unpaired_test_set_term() -> None:
     variant = {0: 0.71, 1: 0.74, 2: 0.78, 3: None}
     base = {0: 0.70, 1: 0.72, 2: 0.75, 3: 0.80, 4: 0.9}
-    diff, low, high, pairs = paired_difference_interval(variant, base)
-    interval = stats.ttest_rel([0.71, 0.74, 0.78], [0.70, 0.72, 0.75]).confidence_interval(0.95)
-    assert pairs == 3
-    assert diff == pytest.approx(0.02)
-    assert (low, high) == pytest.approx((interval.low, interval.high))
-
-
-def test_test_set_interval_of_a_difference_is_newcombes_hybrid_score_interval() -> None:
-    # Newcombe (1998), Statistics in Medicine 17:873, Table II, example (b): 9/10 - 3/10, method 10.
-    assert newcombe_interval(0.9, 0.3, 10) == pytest.approx((0.1705, 0.8090), abs=5e-5)
-    assert all(math.isnan(value) for value in newcombe_interval(0.9, 0.3, None))
+    estimate = intervals.difference_without_images(variant, base, 500)
+    assert estimate.seeds == 3
+    assert estimate.value == pytest.approx(0.02)
+    seeds_only = stats.ttest_rel([0.71, 0.74, 0.78], [0.70, 0.72, 0.75]).confidence_interval(0.95)
+    assert estimate.low < seeds_only.low and estimate.high > seeds_only.high  # the test set adds its own error
+    assert estimate.image_variance == pytest.approx((0.7433 * 0.2567 + 0.7233 * 0.2767) / 500, rel=1e-3)
 
 
 def test_agreeing_seeds_cannot_narrow_a_difference_below_the_test_sets_error() -> None:
-    # Two seeds that each differ by 7 of 500 images: the paired t interval has no width at all.
-    diff, low, high, _ = paired_difference_interval({0: 0.986, 1: 0.990}, {0: 0.972, 1: 0.976})
-    assert low == pytest.approx(high)
-    floored = with_test_set_floor(low, high, 0.988, 0.974, 500)
-    assert floored == pytest.approx(newcombe_interval(0.988, 0.974, 500))
-    assert floored[0] < diff < floored[1]
-    # A seed interval wider than the floor is kept as it is; a missing one (one seed) stays missing.
-    assert with_test_set_floor(-0.2, 0.3, 0.988, 0.974, 500) == (-0.2, 0.3)
-    assert all(math.isnan(value) for value in with_test_set_floor(math.nan, math.nan, 0.988, 0.974, 500))
+    # Two seeds that each differ by the same 7 of 500 images: no seed spread, yet the test set still bounds it.
+    variant = np.zeros((2, 500), bool)
+    variant[:, :494] = True
+    base = np.zeros((2, 500), bool)
+    base[:, :487] = True
+    estimate = intervals.difference(variant, base)
+    assert estimate.seed_variance == 0
+    assert estimate.low < 7 / 500 < estimate.high and estimate.high - estimate.low > 0.01
 
 
 def test_steps_to_reach_is_the_first_crossing() -> None:
@@ -85,20 +71,30 @@ def test_results_carry_learning_rate_steps_state_and_speed(tmp_path: Path) -> No
     assert results.loc[0, "steps_to_target"] == first["step"]
     assert results.loc[0, "seconds_to_target"] == pytest.approx(first["elapsed_seconds"])
 
-    summary = summarize(results, read_tuning(fixture.tuning)).set_index("variant")
+    runs = [Path(p).parent for p in fixture.metrics]
+    correct = per_image_correctness(results, runs, np.load(fixture.test_labels)["y_test"])
+    assert len(correct) == len(results) - 1  # the diverged run kept no predictions
+    summary = summarize(results, read_tuning(fixture.tuning), correct).set_index("variant")
     assert not summary.loc["norm-none", "trained"]  # at chance: the runs and the search say so
     assert summary.loc["pool-none", "trained_runs"] == 2
     assert not summary.loc["pool-none", "trained"]
-    assert summary.loc["pool-none", "paired_seeds"] == 2  # the diverged seed has no accuracy to pair
     assert summary.loc["base", "tuned_lr"] == 0.03
     assert summary.loc["base", "lr_mean"] == 0.03
-    avg = results[results["variant"] == "pool-avg"].set_index("seed")["test_acc"]
-    base = results[results["variant"] == "base"].set_index("seed")["test_acc"]
-    interval = stats.ttest_rel(avg, base).confidence_interval(0.95)
-    assert summary.loc["pool-avg", "paired_diff"] == pytest.approx((avg - base).mean())
-    # the seeds' t interval, widened where needed to the test set's own error of the difference
-    floor = newcombe_interval(avg.mean(), base.mean(), results["test_images"].max())
-    expected = (min(interval.low, floor[0]), max(interval.high, floor[1]))
+    avg, base = (np.stack([correct[(variant, seed)] for seed in (0, 1, 2)]) for variant in ("pool-avg", "base"))
+    expected = intervals.difference(avg, base)
+    accuracy = (
+        results[results["variant"] == "pool-avg"]["test_acc"]
+        - results[results["variant"] == "base"]["test_acc"].to_numpy()
+    )
+    assert summary.loc["pool-avg", "paired_diff"] == pytest.approx(accuracy.mean())
     assert (summary.loc["pool-avg", "paired_ci_low"], summary.loc["pool-avg", "paired_ci_high"]) == pytest.approx(
-        expected
+        (expected.low, expected.high)
+    )
+    # Holm over every trained variant compared with base (norm-none did not train, pool-none lost a seed)
+    compared = summary[summary["paired_p"].notna()]
+    assert len(compared) == summary.attrs["comparisons"] == len(fixture.study.variants) - 3
+    assert (compared["paired_p_holm"] >= compared["paired_p"]).all()
+    assert summary.attrs["detectable_alpha"] == pytest.approx(0.05 / summary.attrs["comparisons"])
+    assert summary.loc["pool-avg", "paired_detectable"] == pytest.approx(
+        expected.detectable(summary.attrs["detectable_alpha"])
     )

@@ -61,21 +61,12 @@ def _tick_name(variant: str, trained: bool, diverged: int) -> str:
     return name
 
 
-T_INTERVAL = "95% t interval over seeds"
-TEST_SET_INTERVAL = "95% test-set interval (Wilson)"
-
-
-def accuracy_interval(row: Mapping[str, Any]) -> tuple[float, float, str]:
-    """The interval to show around a variant's mean accuracy: the seed-level t interval where it is informative,
-    else the Wilson interval of the test set; NaN bounds when neither exists."""
-    if row.get("test_acc_t_informative"):
-        return row["test_acc_ci_low"], row["test_acc_ci_high"], T_INTERVAL
-    return row.get("test_acc_binomial_low", math.nan), row.get("test_acc_binomial_high", math.nan), TEST_SET_INTERVAL
+INTERVAL = "95% interval, seeds and test images"
 
 
 def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[str], block: str, path: Path) -> Path:
-    """Every seed's test accuracy next to the mean and its 95% interval (the seeds' t interval where it says
-    something, else the test set's), on the whole 0-100% range; variants that did not train in grey."""
+    """Every seed's test accuracy next to the mean and its 95% interval over seeds and test images
+    (``cnnablate.intervals``), on the whole 0-100% range; variants that did not train in grey."""
     stats = summary.set_index("variant").loc[members]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.35 * len(members) + 1.5), 3.8), layout="constrained")
     offsets = np.linspace(-0.18, 0.18, max(1, results["seed"].nunique()))
@@ -94,17 +85,17 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
             clip_on=False,
         )
         mean = row["test_acc_mean"] * 100
-        low, high, kind = accuracy_interval(row)
+        low, high = row["test_acc_ci_low"], row["test_acc_ci_high"]
         error = None if math.isnan(low) else [[mean - low * 100], [high * 100 - mean]]
         ax.errorbar(
             [position + 0.15],
             [mean],
             yerr=error,
-            fmt="D" if kind == T_INTERVAL else "o",
-            color=("C3" if kind == T_INTERVAL else "C0") if trained else "0.6",
+            fmt="D",
+            color="C3" if trained else "0.6",
             capsize=5,
             markersize=6,
-            label=f"mean, {kind}" if trained else f"mean ({NOT_TRAINED})",
+            label=f"mean, {INTERVAL}" if trained else f"mean ({NOT_TRAINED})",
             clip_on=False,
         )
     ax.set_xticks(
@@ -433,16 +424,10 @@ def fc_vs_conv_figure(summary: pd.DataFrame, path: Path) -> Path:
     data = data.set_index("arch").loc[order].reset_index()
     names, colors = [ARCH_NAMES[a] for a in order], ["C0", "C1", "C2"][: len(order)]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), layout="constrained")
-    intervals = [accuracy_interval(row) for _, row in data.iterrows()]
-    error = np.nan_to_num(
-        [
-            [(mean - low) * 100 for mean, (low, _, _) in zip(data["test_acc_mean"], intervals, strict=True)],
-            [(high - mean) * 100 for mean, (_, high, _) in zip(data["test_acc_mean"], intervals, strict=True)],
-        ]
-    )
-    axes[0].bar(names, data["test_acc_mean"] * 100, yerr=error, color=colors, capsize=6)
-    kinds = sorted({kind.removeprefix("95% ") for _, _, kind in intervals})
-    axes[0].set_ylabel(f"test accuracy (%), mean and\n95% {' or '.join(kinds)}", fontsize=9)
+    mean = data["test_acc_mean"]
+    error = np.nan_to_num([(mean - data["test_acc_ci_low"]) * 100, (data["test_acc_ci_high"] - mean) * 100])
+    axes[0].bar(names, mean * 100, yerr=error, color=colors, capsize=6)
+    axes[0].set_ylabel(f"test accuracy (%), mean and\n{INTERVAL}", fontsize=9)
     axes[0].set_ylim(0, 100)
     axes[0].set_title("Accuracy", fontsize=10)
     axes[1].bar(names, data["params_mean"], color=colors)

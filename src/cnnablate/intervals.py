@@ -99,11 +99,18 @@ class Estimate:
         effect = abs(self.centre - self.null)
         if math.isnan(self.seed_variance) or effect == 0:
             return None
-        for seeds in range(2, MAX_SEEDS_NEEDED + 1):
+
+        def detects(seeds: int) -> bool:
             se, df = _standard_error(self.seed_variance, seeds, self.image_variance, self.image_df)
-            if _detectable(se, df, alpha, power) <= effect:
-                return seeds
-        return None
+            return _detectable(se, df, alpha, power) <= effect
+
+        if not detects(MAX_SEEDS_NEEDED):
+            return None
+        low, high = 1, MAX_SEEDS_NEEDED  # the detectable difference shrinks with every seed: bisect
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (low, middle) if detects(middle) else (middle, high)
+        return high
 
 
 def _standard_error(seed_variance: float, seeds: int, image_variance: float, image_df: float) -> tuple[float, float]:

@@ -23,25 +23,23 @@ import numpy as np
 import pandas as pd
 import yaml
 from markupsafe import Markup
-from scipy import stats as scipy_stats
 
-from cnnablate import figures, layout
+from cnnablate import figures, intervals, layout
 from cnnablate.config import Study
 from cnnablate.results import (
-    MIN_SEEDS_FOR_T,
+    Correctness,
     collect_results,
-    difference_interval,
-    mean_interval,
-    paired_difference_interval,
+    difference_estimate,
+    per_image_correctness,
     read_tuning,
     summarize,
-    with_test_set_floor,
 )
 from cnnablate.tracking import numeric_items
+from cnnablate.train import TRAINED_MARGIN
 
 DID_NOT_TRAIN_RULE = (
-    "the training loss never fell below 90% of ln C (C classes; ln C is the loss of a uniform guess), or the "
-    "loss became non-finite (diverged)"
+    f"the final model classifies less than {TRAINED_MARGIN:.0%} of the way from chance to 100% of its whole "
+    "training split correctly (32.5% on 10 classes), or the loss became non-finite (diverged)"
 )
 NOT_CONVERGED_TEXT = "not converged within the budget"
 PRINTED_RESOLUTION = 0.001  # accuracies are printed to 0.1 points
@@ -116,27 +114,22 @@ def _table(frame: pd.DataFrame) -> Markup:
 
 
 def _chosen_interval(row: pd.Series) -> tuple[float, float, float]:
-    """The paired interval when at least two seeds pair up, else the Welch one."""
-    if row["paired_seeds"] >= 2:
-        return row["paired_diff"], row["paired_ci_low"], row["paired_ci_high"]
-    return row["diff_vs_base"], row["diff_ci_low"], row["diff_ci_high"]
+    """The difference to base, paired by seed and by image (``cnnablate.intervals``)."""
+    return row["paired_diff"], row["paired_ci_low"], row["paired_ci_high"]
 
 
-def _accuracy_by_seed(results: pd.DataFrame, variant: str) -> dict[int, float]:
-    runs = results[results["variant"] == variant]
-    return dict(zip(runs["seed"], runs["test_acc"].astype(float), strict=True))
+def lead_interval(
+    results: pd.DataFrame, leader: str, runner_up: str, correct: Correctness | None = None
+) -> intervals.Estimate:
+    """The leader's lead over the runner-up in test accuracy, from the same engine as every difference: paired
+    by seed and by image where the runs kept their predictions."""
+    return difference_estimate(
+        results[results["variant"] == leader], results[results["variant"] == runner_up], correct or {}
+    )
 
 
-def lead_interval(results: pd.DataFrame, leader: str, runner_up: str) -> tuple[float, float, float, int]:
-    """The leader's lead over the runner-up in test accuracy: paired by seed when two seeds pair up, else Welch,
-    never narrower than the test set's own error of it; with the number of pairs."""
-    a, b = _accuracy_by_seed(results, leader), _accuracy_by_seed(results, runner_up)
-    diff, low, high, pairs = paired_difference_interval(a, b)
-    if pairs < 2:
-        diff, low, high = difference_interval(list(a.values()), list(b.values()))
-    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
-    low, high = with_test_set_floor(low, high, mean_interval(a.values())[0], mean_interval(b.values())[0], images)
-    return diff, low, high, pairs
+def _p(value: float) -> str:
+    return "–" if _missing(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
 
 
 def _not_converged(row: pd.Series) -> int:
@@ -151,7 +144,9 @@ def _named(variant: str, stats: pd.DataFrame) -> str:
     return f"{variant} ({NOT_CONVERGED_TEXT}: {capped} of {stats.loc[variant, 'seeds']} runs at the cap)"
 
 
-def ranking_sentence(ranked: Sequence[str], stats: pd.DataFrame, results: pd.DataFrame) -> str:
+def ranking_sentence(
+    ranked: Sequence[str], stats: pd.DataFrame, results: pd.DataFrame, correct: Correctness | None = None
+) -> str:
     """Who is best, only when the data can tell: a tie at the ceiling is named as a tie, and a leader is called
     best only when the 95% interval of its lead over the runner-up excludes zero."""
     leader = ranked[0]
@@ -163,13 +158,12 @@ def ranking_sentence(ranked: Sequence[str], stats: pd.DataFrame, results: pd.Dat
         names = ", ".join(_named(v, stats) for v in at_ceiling)
         return f"{names} all at {_points(CEILING)}%: this dataset cannot separate them, so no best is named."
     runner_up = ranked[1]
-    diff, low, high, pairs = lead_interval(results, leader, runner_up)
+    lead = lead_interval(results, leader, runner_up, correct)
     leads = f"{_named(leader, stats)} at {accuracy[leader]}% leads {runner_up} ({accuracy[runner_up]}%)"
-    if _missing(low):
-        return f"No best named: {leads} by {_signed(diff)} points; one seed gives no interval."
-    basis = f"paired over {pairs} seeds" if pairs >= 2 else "Welch"
-    interval = f"{_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}], {basis}"
-    if low > 0:
+    if _missing(lead.low):
+        return f"No best named: {leads} by {_signed(lead.value)} points; one seed gives no interval."
+    interval = f"{_signed(lead.value)} points, 95% CI [{_signed(lead.low)}, {_signed(lead.high)}]"
+    if lead.low > 0:
         return f"Best: {leads} by {interval}."
     return f"No best named: {leads} by {interval}; the interval includes zero."
 
@@ -200,41 +194,115 @@ def _dead_parts(dead: Sequence[str], stats: pd.DataFrame) -> list[str]:
     return parts
 
 
-def block_verdict(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> list[str]:
-    """One to three sentences: who is best, only where the interval against the runner-up says so (a tie at the
-    ceiling is named as one); the differences to base whose interval excludes zero (better or worse, with their
-    size), a trained variant that generalises worse as its own case, the rest as no detectable difference; the
-    variants that did not train, as a state; runs that stopped at the step cap, wherever they are named."""
+def _no_difference(variant: str, row: pd.Series, stats: pd.DataFrame) -> str:
+    """A difference the study did not detect, with its scale: the smallest difference the design detects and
+    how many seeds this one would need."""
+    needed = row.get("paired_seeds_needed")
+    if _missing(needed):
+        more = ", no number of seeds would detect this one on this test set" if row["paired_diff"] else ""
+    else:
+        more = f", {needed:.0f} seeds would detect this one"
+    return (
+        f"{_named(variant, stats)} ({_signed(row['paired_diff'])} points, detectable from "
+        f"±{abs(row['paired_detectable']) * 100:.1f}{more})"
+    )
+
+
+def resolution_sentence(compared: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> str | None:
+    """The smallest difference the block's design detects, as a range over its variants, and at which level."""
+    stats = summary.set_index("variant")
+    detectable = stats.loc[list(compared), "paired_detectable"].dropna() if compared else pd.Series(dtype=float)
+    if detectable.empty:
+        return None
+    comparisons = summary.attrs.get("comparisons", len(detectable))
+    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    low, high = detectable.min() * 100, detectable.max() * 100
+    scale = f"{low:.1f} points" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f} points"
+    on = f" and {images:,.0f} test images" if not _missing(images) else ""
+    return (
+        f"Resolution: with {int(stats.loc[list(compared), 'paired_seeds'].max())} seeds{on}, this block detects "
+        f"differences to base of {scale} with 80% power (two-sided, at 0.05 / {comparisons}, the strictest step of "
+        f"Holm's correction over the study's {comparisons} comparisons)."
+    )
+
+
+def speed_sentence(compared: Sequence[str], summary: pd.DataFrame) -> str | None:
+    """Steps to the target against base's, judged like accuracy: a ratio paired by seed with its interval and
+    Holm-adjusted p-value; a variant that never reached the target says so."""
+    stats = summary.set_index("variant")
+    if "speed_ratio" not in stats or "base" not in stats.index or stats.loc["base", "target_reached"] == 0:
+        return None
+    later, sooner, same, never = [], [], [], []
+    for variant in compared:
+        row = stats.loc[variant]
+        if row["target_reached"] == 0:
+            never.append(variant)
+            continue
+        if _missing(row["speed_ratio_low"]):
+            same.append(f"{variant} ({row['speed_ratio']:.2g}x, {row['speed_pairs']} seed pair: no interval)")
+            continue
+        reached = "" if row["target_reached"] == row["seeds"] else f", {row['target_reached']} of {row['seeds']} seeds"
+        interval = (
+            f"{row['speed_ratio']:.2g}x [{row['speed_ratio_low']:.2g}, {row['speed_ratio_high']:.2g}], "
+            f"Holm p {_p(row['speed_p_holm'])}{reached}"
+        )
+        if row["speed_p_holm"] < intervals.ALPHA:
+            (later if row["speed_ratio"] > 1 else sooner).append(f"{variant} ({interval})")
+        else:
+            same.append(f"{variant} ({interval})")
+    parts = []
+    if later:
+        parts.append(f"later than base: {', '.join(later)}")
+    if sooner:
+        parts.append(f"sooner than base: {', '.join(sooner)}")
+    if same:
+        parts.append(f"no detectable difference: {', '.join(same)}")
+    if never:
+        parts.append(f"never reached the target: {', '.join(never)}")
+    return ("Steps to the target, variant / base (paired by seed): " + "; ".join(parts) + ".") if parts else None
+
+
+def block_verdict(
+    members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame, correct: Correctness | None = None
+) -> list[str]:
+    """Up to four sentences: who is best, only where the interval against the runner-up says so (a tie at the
+    ceiling is named as one); the differences to base that survive Holm's correction over the study's
+    comparisons (better or worse, with their size), a trained variant that generalises worse as its own case,
+    the rest as no detectable difference with the size the design detects; the block's resolution; the steps
+    to the target against base's; the variants that did not train, as a state; runs that stopped at the step
+    cap, wherever they are named."""
     stats = summary.set_index("variant")
     trained = [v for v in members if stats.loc[v, "trained"] and not _missing(stats.loc[v, "test_acc_mean"])]
     dead = [v for v in members if v not in trained]
     sentences = []
     if trained:
         ranked = sorted(trained, key=lambda v: -stats.loc[v, "test_acc_mean"])
-        sentences.append(ranking_sentence(ranked, stats, results))
+        sentences.append(ranking_sentence(ranked, stats, results, correct))
     parts = []
+    compared = [v for v in trained if v != "base"]
     if "base" in trained:
         better, worse, worse_generalising, same, no_interval = [], [], [], [], []
-        for variant in trained:
-            if variant == "base":
-                continue
-            diff, low, high = _chosen_interval(stats.loc[variant])
-            interval = f"{_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}]"
+        for variant in compared:
+            row = stats.loc[variant]
+            diff, low, high = _chosen_interval(row)
             named = _named(variant, stats)
             if _missing(low):
                 no_interval.append(named)
-            elif low > 0:
-                better.append(f"{named} ({interval})")
-            elif high < 0 and generalises_worse(variant, stats):
-                row, base = stats.loc[variant], stats.loc["base"]
+                continue
+            holm = _p(row["paired_p_holm"])
+            evidence = f"{_signed(diff)} points, 95% CI [{_signed(low)}, {_signed(high)}], Holm p {holm}"
+            if not row["paired_p_holm"] < intervals.ALPHA:
+                same.append(_no_difference(variant, row, stats))
+            elif diff > 0:
+                better.append(f"{named} ({evidence})")
+            elif generalises_worse(variant, stats):
+                base = stats.loc["base"]
                 worse_generalising.append(
                     f"{named} trained (training accuracy {_points(row['train_acc_mean'])}% against base's "
-                    f"{_points(base['train_acc_mean'])}%) but generalises worse: {interval} in test accuracy"
+                    f"{_points(base['train_acc_mean'])}%) but generalises worse: {evidence} in test accuracy"
                 )
-            elif high < 0:
-                worse.append(f"{named} ({interval})")
             else:
-                same.append(named)
+                worse.append(f"{named} ({evidence})")
         seeds = int(stats.loc[trained, "paired_seeds"].max())
         if better:
             parts.append(f"better than base: {', '.join(better)}")
@@ -250,10 +318,12 @@ def block_verdict(members: Sequence[str], summary: pd.DataFrame, results: pd.Dat
     else:
         parts.append("base did not train, so nothing is compared with it")
         dead.remove("base")
+        compared = []
     parts += _dead_parts(dead, stats)
     if parts:
         sentence = "; ".join(parts)
         sentences.append(sentence[0].upper() + sentence[1:] + ".")
+    sentences += [s for s in (resolution_sentence(compared, summary, results), speed_sentence(compared, summary)) if s]
     return sentences
 
 
@@ -273,11 +343,16 @@ def retry_sentences(members: Sequence[str], results: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _speed(row: pd.Series) -> str:
+def _speed(row: pd.Series, compared: bool) -> str:
+    """Mean steps to the target, and for a compared variant the ratio to base's with its interval."""
     if _missing(row.get("steps_to_target_mean")):
         return "–" if _missing(row.get("val_acc_mean")) else "not reached"
     reached = f" ({row['target_reached']}/{row['seeds']})" if row["target_reached"] < row["seeds"] else ""
-    return f"{row['steps_to_target_mean']:.0f}, {row['seconds_to_target_mean']:.1f} s{reached}"
+    text = f"{row['steps_to_target_mean']:.0f}{reached}"
+    if compared and not _missing(row.get("speed_ratio")):
+        low, high = row["speed_ratio_low"], row["speed_ratio_high"]
+        text += f"; {row['speed_ratio']:.2g}x" + ("" if _missing(low) else f" [{low:.2g}, {high:.2g}]")
+    return text
 
 
 def run_state(row: pd.Series) -> str:
@@ -296,14 +371,11 @@ def run_state(row: pd.Series) -> str:
     return "trained"
 
 
-def _accuracy_intervals(row: pd.Series) -> tuple[str, str]:
-    """The seeds' t interval (or why it is not shown) and the test set's Wilson interval, in points."""
-    if row["test_acc_t_informative"]:
-        seeds = f"[{_points(row['test_acc_ci_low'])}, {_points(row['test_acc_ci_high'])}]"
-    else:
-        seeds = "–" if row["seeds"] < 2 else f"uninformative ({row['seeds']} seeds)"
-    low, high = row.get("test_acc_binomial_low"), row.get("test_acc_binomial_high")
-    return seeds, "–" if _missing(low) else f"[{_points(low)}, {_points(high)}]"
+def _accuracy_interval(row: pd.Series) -> str:
+    """The accuracy with its 95% interval over seeds and test images, in points."""
+    if _missing(row["test_acc_ci_low"]):
+        return _points(row["test_acc_mean"])
+    return f"{_points(row['test_acc_mean'])} [{_points(row['test_acc_ci_low'])}, {_points(row['test_acc_ci_high'])}]"
 
 
 def _tuning_against_final(row: pd.Series) -> str:
@@ -314,28 +386,28 @@ def _tuning_against_final(row: pd.Series) -> str:
 
 
 def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFrame) -> list[dict[str, str]]:
-    """The compact table of one block: accuracy with both intervals and every seed, both differences to base,
-    cost, receptive fields, learning rate (retries marked), tuning against final validation accuracy, steps,
-    speed and how the runs ended. No difference for a variant that did not train."""
+    """The compact table of one block: accuracy with its interval and every seed, the difference to base with
+    its interval, Holm-adjusted p-value and detectable size, cost, receptive fields, learning rate (retries
+    marked), tuning against final validation accuracy, steps, speed and how the runs ended. No difference for a
+    variant that did not train."""
     stats = summary.set_index("variant")
     rows = []
     for variant in members:
         row = stats.loc[variant]
         seeds = results[results["variant"] == variant].sort_values("seed")
         compared = variant != "base" and row["trained"] and stats.loc["base", "trained"]
-        seed_interval, test_set_interval = _accuracy_intervals(row)
         retried = int(row.get("retried_runs", 0) or 0)
+        detectable = row.get("paired_detectable")
         rows.append(
             {
                 "variant": variant,
-                "accuracy": _points(row["test_acc_mean"]) if row["trained"] else "–",
-                "t_interval": seed_interval if row["trained"] else "–",
-                "test_set_interval": test_set_interval if row["trained"] else "–",
+                "accuracy": _accuracy_interval(row) if row["trained"] else "–",
                 "seeds": ", ".join(_points(a) for a in seeds["test_acc"].astype(float)),
                 "paired": _interval(row["paired_diff"], row["paired_ci_low"], row["paired_ci_high"])
                 if compared
                 else "–",
-                "welch": _interval(row["diff_vs_base"], row["diff_ci_low"], row["diff_ci_high"]) if compared else "–",
+                "holm": _p(row["paired_p_holm"]) if compared else "–",
+                "detectable": f"±{detectable * 100:.1f}" if compared and not _missing(detectable) else "–",
                 "params": _count(row.get("params_mean")),
                 "macs": _count(row.get("macs_mean")),
                 "trf": _number(row.get("trf_size_mean"), ".0f"),
@@ -343,7 +415,7 @@ def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFr
                 "lr": _number(row.get("lr_mean")) + (f" ({retried} retried)" if retried else ""),
                 "tuning": _tuning_against_final(row),
                 "steps": _number(row.get("steps_mean"), ".0f"),
-                "speed": _speed(row),
+                "speed": _speed(row, bool(compared)),
                 "state": run_state(row),
                 "dead": not row["trained"],
             }
@@ -351,49 +423,52 @@ def table_rows(members: Sequence[str], summary: pd.DataFrame, results: pd.DataFr
     return rows
 
 
-def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """How the table's intervals, the ranking, the run outcomes and the training speed are computed."""
-    seeds = results["seed"].nunique()
+def method_notes(
+    results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]], summary: pd.DataFrame | None = None
+) -> list[str]:
+    """How every interval, verdict, the ranking, the run outcomes and the training speed are computed."""
     rule = next((s["rule"] for s in searches.values() if s.get("rule")), None)
     images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    on = f"the {images:.0f} test images" if not _missing(images) else "the test images"
+    comparisons = summary.attrs.get("comparisons") if summary is not None else None
+    per_image = summary is not None and bool(summary["per_image"].all())
     notes = [
-        "Accuracy: mean test accuracy over seeds; the seeds column lists every seed's accuracy.",
-        "Seeds' t interval: the 95% Student-t interval of that mean (n − 1 degrees of freedom), which covers "
-        f"seed-to-seed variation. It is shown from {MIN_SEEDS_FOR_T} seeds on and only when it stays inside "
-        "0–100%; otherwise it is marked uninformative (with 2 seeds it spans ±12.7 standard errors, wider than the "
-        "scale) and the seeds themselves are the evidence.",
-        "Test-set interval: the 95% Wilson score interval of the mean accuracy on the "
-        + (f"{images:.0f} " if not _missing(images) else "")
-        + "test images, each image counted once (every seed is scored on the same images, so pooling seeds x "
-        "images would overstate the evidence): how far the finite test set can mislead, not how much another seed "
-        "would move. It always stays inside 0–100%; the accuracy figures show it where the t interval is "
-        "uninformative.",
-        "Δ vs base, paired (percentage points): the mean of the per-seed differences (variant minus base trained "
-        "with the same seed, which fixes the data order and the augmentation stream), with a 95% t interval over "
-        "those differences, cut to ±100 points, and widened where needed to hold the test set's own sampling "
-        "error of the difference (Newcombe's interval from the two Wilson intervals, treating the accuracies as "
-        "independent, which is conservative): seeds scored on the same images cannot remove that error, however "
-        "well they agree. "
-        "The verdicts use this interval: a difference is called better or worse only when it excludes zero.",
-        "Δ vs base, Welch: the difference of the means with Welch's unpaired interval (unequal variances), widened "
-        "in the same way, shown for comparison; it ignores the pairing and is wider when seed-to-seed noise is "
-        "shared.",
-        "A best variant is named only when the 95% interval of the leader's lead over the runner-up (paired by "
-        f"seed, else Welch) excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: "
-        "the dataset cannot separate them.",
-        "Generalises worse: a trained variant whose test-accuracy difference to base has an interval below zero, "
-        "while its training-accuracy difference to base lies above that whole interval.",
-    ]
-    notes.append(
+        "Every interval in this report comes from one engine (cnnablate.intervals): the 95% Student-t interval "
+        f"of a mean over seeds and {on}, its variance the per-seed values' variance / n plus the per-image "
+        "values' (averaged over seeds) variance / N, with Welch-Satterthwaite degrees of freedom, cut to the "
+        "quantity's bounds (0–100% for an accuracy, ±100 points for a difference). It holds both what another "
+        "seed would change and what another draw of test images would; with one seed it gives no interval.",
+        "Accuracy [95%]: mean test accuracy over seeds with that interval; every seed lists each run's accuracy.",
+        "Δ vs base (percentage points): the variant's accuracy minus base's, paired by seed (same data order "
+        "and augmentation stream) and "
+        + (
+            "by image (each run's test_predictions.npy: two models err together on hard images, so pairing "
+            "removes what they share)"
+            if per_image
+            else "with the test-set term of two independent accuracies, as some runs kept no per-image predictions"
+        )
+        + ", with its 95% interval.",
+        "Holm p: the p-value of no difference, adjusted by Holm's method (statsmodels) over the study's "
+        + (f"{comparisons} " if comparisons is not None else "")
+        + "comparisons of a trained variant with base, which keeps the chance of any false 'better' or 'worse' "
+        "in the study at 5%. The verdicts call a difference better or worse only when its Holm p is below 0.05; "
+        "the 95% interval beside it is not corrected, so it can exclude zero where the verdict does not.",
+        "Detectable ±: the smallest true difference the design finds with 80% power, two-sided at 0.05 divided "
+        "by the number of comparisons (Holm's strictest step), from the measured seed spread and test-set "
+        "variance (noncentral t). 'No detectable difference' reads with it: a true difference that large would "
+        "have been found 4 times in 5; the seeds a difference would need keep the test set fixed.",
+        "A best variant is named only when the 95% interval of the leader's lead over the runner-up, from the same "
+        f"engine, excludes zero. Variants that all reach {_points(CEILING)}% are a tie at the ceiling: the dataset "
+        "cannot separate them.",
+        "Generalises worse: a trained variant worse than base after Holm's correction, whose training-accuracy "
+        "difference to base lies above the whole interval of its test-accuracy difference.",
         f"Outcome: converged = stopped because validation accuracy, validation loss and training loss all "
         f"stopped improving; {NOT_CONVERGED_TEXT} = reached train.max_steps while still improving (its accuracy "
         f"is a lower bound; every verdict naming it says so); {figures.NOT_TRAINED}: {DID_NOT_TRAIN_RULE}. A "
         "retried run ended more than 5 validation points below its tuning run and was run once more at the next "
-        "lower learning rate; the attempt with the better validation accuracy was kept."
-    )
-    notes.append(
-        f"Did not train: {DID_NOT_TRAIN_RULE}. Such variants are a state: never ranked, no difference to base."
-    )
+        "lower learning rate; the attempt with the better validation accuracy was kept.",
+        f"Did not train: {DID_NOT_TRAIN_RULE}. Such variants are a state: never ranked, no difference to base.",
+    ]
     if rule:
         notes.append(f"Learning rate, per variant (from its tuning file): {rule}.")
     if "tuning_val_acc" in results and results["tuning_val_acc"].notna().any():
@@ -403,15 +478,12 @@ def method_notes(results: pd.DataFrame, searches: Mapping[str, Mapping[str, Any]
         )
     if "speed_target" in results.attrs and not _missing(results.attrs["speed_target"]):
         notes.append(
-            f"Speed to target: optimiser steps and seconds until the validation accuracy first reached "
+            f"Steps to target: optimiser steps until the validation accuracy first reached "
             f"{results.attrs['speed_fraction']:g} x base's final validation accuracy "
-            f"({results.attrs['speed_target'] * 100:.1f}%), "
-            "mean over the seeds that reached it (their count in brackets when not all did)."
-        )
-    if seeds == 2:
-        notes.append(
-            f"Only 2 seeds: a 95% t interval spans ±{scipy_stats.t.ppf(0.975, 1):.1f} standard errors, so these "
-            "intervals only bound large effects; small differences cannot be detected."
+            f"({results.attrs['speed_target'] * 100:.1f}%), mean over the seeds that reached it (their count in "
+            "brackets when not all did); then the ratio to base's steps, paired by seed, as a geometric mean with "
+            "its 95% interval on the log scale (so it stays positive), Holm-corrected like the accuracies in the "
+            "verdicts' speed sentence."
         )
     return notes
 
@@ -555,6 +627,7 @@ class StudyData:
     searches: dict[str, dict[str, Any]]
     runs: list[Path]
     figures_dir: Path
+    correct: Correctness = field(default_factory=dict)  # (variant, seed) -> per-test-image correctness
 
     @cached_property
     def styles(self) -> dict[str, figures.Style]:
@@ -568,8 +641,8 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Secti
     pictures = [
         Picture.of(
             accuracy,
-            f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval: the seeds' t interval "
-            "where it is informative, else the test set's Wilson interval (the legend says which). Axis 0–100%.",
+            f"{name}: every seed's test accuracy (dots) beside the mean and its 95% interval over seeds and test "
+            "images (the report's one interval engine). Axis 0–100%.",
         )
     ]
     if any(v in data.searches for v in members):
@@ -583,7 +656,7 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Secti
     pictures.append(Picture.of(curves, caption))
     return Section(
         name,
-        block_verdict(members, data.summary, data.results),
+        block_verdict(members, data.summary, data.results, data.correct),
         table_rows(members, data.summary, data.results),
         pictures,
         retry_sentences(members, data.results),
@@ -746,19 +819,22 @@ def build_report(
     summary_csv: str | Path,
     figures_dir: str | Path,
     html_path: str | Path,
+    test_labels: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write results.csv, summary.csv, every figure and index.html from the report rule's declared inputs:
     every run's metrics.json (its other files sit next to it), the learning-rate searches, the interpretation
-    folders and each analysis's study-level outputs."""
+    folders, each analysis's study-level outputs and the prepared dataset (its test labels score each run's
+    test predictions image by image)."""
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
     results = collect_results(study, metrics, analyses)
     searches = read_tuning(tuning)
-    summary = summarize(results, searches)
+    runs = [Path(path).parent for path in metrics]
+    correct = per_image_correctness(results, runs, np.load(test_labels)["y_test"]) if test_labels else {}
+    summary = summarize(results, searches, correct)
     results.to_csv(results_csv, index=False)
     summary.to_csv(summary_csv, index=False)
-    runs = [Path(path).parent for path in metrics]
-    data = StudyData(study, results, summary, searches, runs, Path(figures_dir))
+    data = StudyData(study, results, summary, searches, runs, Path(figures_dir), correct)
     histories = read_histories(results, runs)
     blocks = [ablation_block(data, name, histories) for name in study.config.get("ablations", {})]
     page = _template().render(
@@ -771,7 +847,7 @@ def build_report(
         not_converged=int(summary["not_converged_runs"].sum()),
         not_trained=summary.loc[~summary["trained"], "variant"].tolist(),
         blocks=blocks,
-        notes=method_notes(results, searches),
+        notes=method_notes(results, searches, summary),
         cost_pictures=cost_pictures(data),
         analyses=analysis_sections(data, analyses),
         learned=learned_sections(interpret),

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from cnnablate import layout
+from cnnablate import intervals, layout
 from cnnablate.config import Study, model_axes
 from cnnablate.tracking import numeric_items
 
@@ -48,10 +47,6 @@ RUN_FIELDS = (
 TEXT_COLUMNS = ("study", "variant", "ablations", "lr_source", "stop_reason", "outcome")
 # run outcomes (metrics.json "outcome"): the first two trained, the last two are states, never numbers to rank
 CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED = "converged", "not_converged", "did_not_train", "diverged"
-ACCURACY_BOUNDS = (0.0, 1.0)
-DIFFERENCE_BOUNDS = (-1.0, 1.0)
-# a seed-level t interval is shown from this many seeds on (t(0.975, 1) = 12.7: two seeds bound nothing)
-MIN_SEEDS_FOR_T = 4
 
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,121 +152,52 @@ def _cell(value: Any) -> Any:
     return "x".join(map(str, value)) if isinstance(value, list) else value
 
 
-def _finite(values: Iterable[float | None]) -> np.ndarray:
-    return np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+Correctness = Mapping[tuple[str, int], np.ndarray]
 
 
-def mean_interval(
-    values: Iterable[float], confidence: float = 0.95, bounds: tuple[float, float] | None = None
-) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval; the interval is NaN with fewer than two values.
-
-    ``bounds``: the range the quantity can take (an accuracy lies in [0, 1]); the interval is cut to it, since
-    a t interval on few seeds can leave it and a value outside is impossible, not uncertain."""
-    data = _finite(values)
-    if data.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(data.mean())
-    if data.size < 2:
-        return mean, math.nan, math.nan
-    half = float(stats.t.ppf(0.5 + confidence / 2, data.size - 1) * data.std(ddof=1) / math.sqrt(data.size))
-    return mean, *_within(mean - half, mean + half, bounds)
+def per_image_correctness(
+    results: pd.DataFrame, runs: Iterable[str | Path], labels: np.ndarray
+) -> dict[tuple[str, int], np.ndarray]:
+    """(variant, seed) -> whether the run classified each test image correctly, from its test_predictions.npy
+    and the test split's labels; runs without the file (older) or without predictions (diverged) are absent."""
+    correct = {}
+    for run, variant, seed in zip(map(Path, runs), results["variant"], results["seed"], strict=True):
+        path = layout.run_file(run, layout.PREDICTIONS)
+        if path.exists():
+            predicted = np.load(path)
+            if predicted.shape == labels.shape:
+                correct[(variant, int(seed))] = predicted == labels
+    return correct
 
 
-def _within(low: float, high: float, bounds: tuple[float, float] | None) -> tuple[float, float]:
-    return (low, high) if bounds is None else (max(low, bounds[0]), min(high, bounds[1]))
+def _by_seed(group: pd.DataFrame, column: str) -> dict[int, float]:
+    return dict(zip(group["seed"].astype(int), pd.to_numeric(group[column], errors="coerce"), strict=True))
 
 
-def t_interval_informative(values: Iterable[float], confidence: float = 0.95) -> bool:
-    """Whether the seed-level t interval of an accuracy says something: at least ``MIN_SEEDS_FOR_T`` seeds and
-    an interval that stays inside [0, 1] before it is cut (one that leaves it is wider than the data allow)."""
-    data = _finite(values)
-    if data.size < MIN_SEEDS_FOR_T:
-        return False
-    _, low, high = mean_interval(data, confidence)
-    return ACCURACY_BOUNDS[0] <= low and high <= ACCURACY_BOUNDS[1]
+def accuracy_estimate(group: pd.DataFrame, correct: Correctness) -> intervals.Estimate:
+    """One variant's test accuracy over its scored runs: from every run's per-image correctness when each has
+    it, else from the accuracies with a binomial test-set term."""
+    scored = group[group["test_acc"].notna()]
+    seeds = [int(seed) for seed in scored["seed"]]
+    variant = str(group["variant"].iloc[0])
+    if seeds and all((variant, seed) in correct for seed in seeds):
+        return intervals.accuracy(np.stack([correct[(variant, seed)] for seed in seeds]))
+    images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    return intervals.accuracy_without_images(scored["test_acc"].astype(float), images)
 
 
-def binomial_interval(accuracy: float, images: float | None, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of an accuracy measured on ``images`` test images (NaN without the count).
-
-    For a mean over seeds the count is the distinct test images, not seeds x images: every seed is scored on
-    the same images, so their errors are not independent, and counting each image once keeps the interval
-    conservative. It measures how far the finite test set can mislead, not how much another seed would move."""
-    if _missing_number(accuracy) or _missing_number(images) or not images:
-        return math.nan, math.nan
-    interval = stats.binomtest(round(accuracy * images), int(images)).proportion_ci(confidence, method="wilson")
-    return float(interval.low), float(interval.high)
-
-
-def _missing_number(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def difference_interval(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """Difference of accuracies' means a - b with a Welch t interval (unequal variances), cut to [-1, 1];
-    NaN interval if n < 2."""
-    x, y = _finite(a), _finite(b)
-    if x.size == 0 or y.size == 0:
-        return math.nan, math.nan, math.nan
-    diff = float(x.mean() - y.mean())
-    if x.size < 2 or y.size < 2:
-        return diff, math.nan, math.nan
-    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
-    se = math.sqrt(vx + vy)
-    if se == 0:
-        return diff, diff, diff
-    dof = (vx + vy) ** 2 / (vx**2 / (x.size - 1) + vy**2 / (y.size - 1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, dof) * se)
-    return diff, *_within(diff - half, diff + half, DIFFERENCE_BOUNDS)
-
-
-def newcombe_interval(
-    accuracy: float, other: float, images: float | None, confidence: float = 0.95
-) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (1998, method 10) of ``accuracy - other``, built from the two Wilson
-    intervals: how far the finite test set alone can move the difference (NaN without the image count).
-
-    It treats the two accuracies as independent samples; two models scored on the same images err together
-    more often than that, so it overstates their test-set error: a conservative floor, not the whole interval."""
-    low, high = binomial_interval(accuracy, images, confidence)
-    other_low, other_high = binomial_interval(other, images, confidence)
-    if _missing_number(low) or _missing_number(other_low):
-        return math.nan, math.nan
-    diff = accuracy - other
-    return (
-        diff - math.hypot(accuracy - low, other_high - other),
-        diff + math.hypot(high - accuracy, other - other_low),
-    )
-
-
-def with_test_set_floor(
-    low: float, high: float, accuracy: float, other: float, images: float | None
-) -> tuple[float, float]:
-    """A seed-level interval of ``accuracy - other`` widened to hold the test set's own sampling error of it.
-
-    Every seed is scored on the same test images, so however well the seeds agree they cannot remove that
-    error: two seeds that each differ by the same count of images give a t interval with no width at all. A
-    missing interval (one seed) stays missing: the seeds cannot tell, and the test set does not change that."""
-    floor_low, floor_high = newcombe_interval(accuracy, other, images)
-    if _missing_number(low) or _missing_number(high) or _missing_number(floor_low):
-        return low, high
-    return _within(min(low, floor_low), max(high, floor_high), DIFFERENCE_BOUNDS)
-
-
-def paired_difference_interval(
-    a: Mapping[int, float | None], b: Mapping[int, float | None], confidence: float = 0.95
-) -> tuple[float, float, float, int]:
-    """Mean of the per-seed differences a[seed] - b[seed] of accuracies with its t interval (cut to [-1, 1]), and
-    the number of pairs.
-
-    Seeds share data order and augmentation stream, so seed-to-seed noise common to both cancels."""
-    pairs = [
-        a[seed] - b[seed]
-        for seed in a
-        if seed in b and a[seed] is not None and b[seed] is not None and not math.isnan(a[seed] - b[seed])
-    ]
-    return (*mean_interval(pairs, confidence, DIFFERENCE_BOUNDS), len(pairs))
+def difference_estimate(group: pd.DataFrame, other: pd.DataFrame, correct: Correctness) -> intervals.Estimate:
+    """Test accuracy of ``group``'s variant minus ``other``'s, over the seeds both scored: paired by seed and by
+    image when every such run kept its predictions, else paired by seed with an unpaired test-set term."""
+    mine, theirs = _by_seed(group, "test_acc"), _by_seed(other, "test_acc")
+    seeds = [s for s in mine if s in theirs and not math.isnan(mine[s]) and not math.isnan(theirs[s])]
+    variant, base = str(group["variant"].iloc[0]), str(other["variant"].iloc[0])
+    if seeds and all((variant, s) in correct and (base, s) in correct for s in seeds):
+        return intervals.difference(
+            np.stack([correct[(variant, s)] for s in seeds]), np.stack([correct[(base, s)] for s in seeds])
+        )
+    images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    return intervals.difference_without_images({s: mine[s] for s in seeds}, theirs, images)
 
 
 def outcome_counts(outcomes: pd.Series) -> dict[str, int]:
@@ -282,29 +208,52 @@ def outcome_counts(outcomes: pd.Series) -> dict[str, int]:
     } | {"outcome_unknown_runs": int(outcomes.isna().sum())}
 
 
-def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
-    """One row per variant: accuracy mean over seeds with its seed-level 95% t interval (cut to [0, 1]; whether it
-    is informative) and the Wilson interval of the test set; its difference to base, unpaired (Welch) and paired
-    by seed, each with its CI; whether it trained (every seed, and its learning-rate search) and how its runs
+def _comparisons(
+    results: pd.DataFrame, correct: Correctness
+) -> tuple[dict[str, intervals.Estimate], dict[str, intervals.Estimate]]:
+    """Every trained variant against base (base trained too): its test-accuracy difference and its speed ratio
+    (steps to the target, variant / base, paired by seed)."""
+    groups = dict(list(results.groupby("variant", sort=False)))
+    if "base" not in groups or not groups["base"]["trained"].astype(bool).all():
+        return {}, {}
+    base = groups["base"]
+    compared = [v for v, group in groups.items() if v != "base" and group["trained"].astype(bool).all()]
+    differences = {v: difference_estimate(groups[v], base, correct) for v in compared}
+    speeds = {}
+    if "steps_to_target" in results:
+        base_steps = _by_seed(base, "steps_to_target")
+        speeds = {v: intervals.paired_ratio(_by_seed(groups[v], "steps_to_target"), base_steps) for v in compared}
+    return differences, speeds
+
+
+def _family(estimates: Mapping[str, intervals.Estimate]) -> tuple[dict[str, float], float]:
+    """Holm-adjusted p-values over one family of comparisons with base, and the level a single true effect
+    must pass (the detectable differences are stated at it)."""
+    names = list(estimates)
+    adjusted = intervals.holm([estimates[v].p_value for v in names])
+    tested = sum(not math.isnan(p) for p in adjusted)
+    return dict(zip(names, adjusted, strict=True)), intervals.family_alpha(tested)
+
+
+def summarize(
+    results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | None = None, correct: Correctness | None = None
+) -> pd.DataFrame:
+    """One row per variant: its test accuracy over seeds and images with the engine's interval
+    (``cnnablate.intervals``); its difference to base paired by seed and image, with the interval, the p-value,
+    the Holm-adjusted p-value over the study's comparisons, the smallest difference the design detects (80%
+    power at Holm's strictest level) and the seeds the observed difference would need; its steps to the target
+    against base's as a ratio with its interval and Holm-adjusted p-value; whether it trained and how its runs
     ended; means of every other number."""
-    tuning = tuning or {}
-    base = results[results["variant"] == "base"]
-    base_by_seed = dict(zip(base["seed"], base["test_acc"].astype(float), strict=True))
-    base_mean = float(base["test_acc"].astype(float).mean())
+    tuning, correct = tuning or {}, correct or {}
+    differences, speeds = _comparisons(results, correct)
+    accuracy_holm, accuracy_level = _family(differences)
+    speed_holm, _ = _family(speeds)
     no_mean = {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", "converged", "retried", *model_axes()}
+    missing = intervals.Estimate(math.nan, math.nan, math.nan, 0, math.nan, math.nan, math.nan)
     rows = []
     for variant, group in results.groupby("variant", sort=False):
-        accuracy = group["test_acc"].astype(float)
-        mean, low, high = mean_interval(accuracy, bounds=ACCURACY_BOUNDS)
-        images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
-        binomial_low, binomial_high = binomial_interval(mean, images)
-        diff, diff_low, diff_high = difference_interval(accuracy, base["test_acc"].astype(float))
-        paired, paired_low, paired_high, pairs = paired_difference_interval(
-            dict(zip(group["seed"], accuracy, strict=True)), base_by_seed
-        )
-        if variant != "base":  # base against itself: the same runs on the same images, no test-set error
-            diff_low, diff_high = with_test_set_floor(diff_low, diff_high, mean, base_mean, images)
-            paired_low, paired_high = with_test_set_floor(paired_low, paired_high, mean, base_mean, images)
+        accuracy = accuracy_estimate(group, correct)
+        difference, speed = differences.get(variant, missing), speeds.get(variant, missing)
         first = group.iloc[0]
         trained, outcomes = group["trained"].astype(bool), group["outcome"]
         rows.append(
@@ -321,19 +270,23 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 "tuned_lr": tuning.get(variant, {}).get("chosen_lr"),
                 "diverged": int(group["diverged"].astype(bool).sum()),
                 "lr_source": first.get("lr_source"),
-                "test_acc_mean": mean,
-                "test_acc_ci_low": low,
-                "test_acc_ci_high": high,
-                "test_acc_t_informative": t_interval_informative(accuracy),
-                "test_acc_binomial_low": binomial_low,
-                "test_acc_binomial_high": binomial_high,
-                "diff_vs_base": diff,
-                "diff_ci_low": diff_low,
-                "diff_ci_high": diff_high,
-                "paired_diff": paired,
-                "paired_ci_low": paired_low,
-                "paired_ci_high": paired_high,
-                "paired_seeds": pairs,
+                "test_acc_mean": accuracy.value,
+                "test_acc_ci_low": accuracy.low,
+                "test_acc_ci_high": accuracy.high,
+                "per_image": variant in {v for v, _ in correct},
+                "paired_diff": difference.value,
+                "paired_ci_low": difference.low,
+                "paired_ci_high": difference.high,
+                "paired_seeds": difference.seeds,
+                "paired_p": difference.p_value,
+                "paired_p_holm": accuracy_holm.get(variant, math.nan),
+                "paired_detectable": difference.detectable(accuracy_level),
+                "paired_seeds_needed": difference.seeds_needed(accuracy_level),
+                "speed_ratio": speed.value,
+                "speed_ratio_low": speed.low,
+                "speed_ratio_high": speed.high,
+                "speed_pairs": speed.seeds,
+                "speed_p_holm": speed_holm.get(variant, math.nan),
                 "target_reached": int(group["steps_to_target"].notna().sum()) if "steps_to_target" in group else 0,
                 # every measured column, also one that is empty for all runs (an fc-only study has no ERF)
                 **{
@@ -343,4 +296,7 @@ def summarize(results: pd.DataFrame, tuning: Mapping[str, Mapping[str, Any]] | N
                 },
             }
         )
-    return pd.DataFrame(rows)
+    summary = pd.DataFrame(rows)
+    summary.attrs["comparisons"] = sum(not math.isnan(p) for p in accuracy_holm.values())
+    summary.attrs["detectable_alpha"] = accuracy_level
+    return summary

@@ -27,11 +27,11 @@ import torch
 from scipy import stats
 from torch import nn
 
+from cnnablate import intervals
 from cnnablate.measure import AREA_THRESHOLDS, ERFResult, effective_rf
 from cnnablate.measure.erf import area_ratios
 from cnnablate.models import build_model
 from cnnablate.power_law import CLOSE_TOLERANCE, UNIFORM_TOLERANCE, PowerLaw, fit_power_law
-from cnnablate.results import mean_interval
 
 SQRT_LAW = 0.5  # Luo et al.: ERF std ~ n^0.5
 
@@ -230,12 +230,13 @@ class StudyRuns:
 
 
 def trainability_rows(runs: StudyRuns) -> pd.DataFrame:
-    """Test accuracy (mean, 95% interval over seeds) against depth for plain/residual x norm variants."""
+    """Test accuracy (mean, 95% interval over seeds, cut to 0-100%) against depth for plain/residual x norm variants."""
     frame = runs.differing_only_in({"blocks_per_stage", "residual", "norm"})
     rows = []
     for variant, group in frame.groupby("variant", sort=False):
         spec = group["spec"].iloc[0]
-        mean, low, high = mean_interval(group["test_acc"].dropna())
+        accuracy = intervals.seed_mean(group["test_acc"], intervals.ACCURACY_BOUNDS)  # cut to 0-100%
+        mean, low, high = accuracy.value, accuracy.low, accuracy.high
         rows.append(
             {
                 "variant": variant,
@@ -256,14 +257,16 @@ def trainability_rows(runs: StudyRuns) -> pd.DataFrame:
 
 
 def training_rows(runs: StudyRuns) -> pd.DataFrame:
-    """ERF std at initialisation and trained, per variant (mean over seeds), with the ratio's interval."""
+    """ERF std at initialisation and trained, per variant (mean over seeds), with their ratio's geometric mean and
+    its interval on the log scale."""
     rows = []
     for variant, group in runs.frame.groupby("variant", sort=False):
         usable = group.dropna(subset=["erf_std_init", "erf_std_trained"])
         if usable.empty:
             continue
-        growth = usable["erf_std_trained"] / usable["erf_std_init"]
-        mean, low, high = mean_interval(growth)
+        # a ratio: geometric mean, interval on the log scale, so it stays positive
+        growth = intervals.ratio_mean(usable["erf_std_trained"] / usable["erf_std_init"])
+        mean, low, high = growth.value, growth.low, growth.high
         rows.append(
             {
                 "variant": variant,

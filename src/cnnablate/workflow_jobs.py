@@ -278,6 +278,7 @@ def report(smk: Any) -> None:
         summary_csv=smk.output.summary,
         figures_dir=smk.output.figures,
         html_path=smk.output.html,
+        test_labels=smk.input.data,
     )
 
 

@@ -54,6 +54,8 @@ rule report:
     input:
         metrics=expand_runs(run_file(layout.METRICS)),
         histories=expand_runs(run_file(layout.HISTORY)),
+        predictions=expand_runs(run_file(layout.PREDICTIONS)),
+        data=f"{RESULTS}/data/dataset.npz",
         measures=expand_runs(run_file(layout.MEASURES)),
         erf=expand_runs(run_file(layout.ERF_TRAINED))
         + expand_runs(run_file(layout.ERF_INIT)),
