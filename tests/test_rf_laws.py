@@ -117,7 +117,7 @@ def test_study_table_figures_and_verdicts(tmp_path: Path) -> None:
     assert uniform["verdict"] == "agrees"
     assert laws.loc["ERF std vs depth: base network, at initialisation", "value"] == pytest.approx(0.5)
     training = laws.loc["Training: trained / initial ERF std of base"]
-    assert training["value"] == pytest.approx(0.81)
+    assert training["value"] == pytest.approx(math.sqrt(0.80 * 0.82))  # the geometric mean of two seeds
     assert training["verdict"] == "differs"
     assert "shrank" in training["notes"]
     trainability = pd.read_csv(outputs["trainability"]).set_index("variant")
