@@ -42,10 +42,6 @@ POWER = 0.8  # the power at which the report states the smallest difference a de
 ACCURACY_BOUNDS = (0.0, 1.0)
 DIFFERENCE_BOUNDS = (-1.0, 1.0)
 MAX_SEEDS_NEEDED = 1000  # beyond this, "more seeds" is not an answer: the test set's own error dominates
-METHOD = (
-    "95% t interval of the mean over seeds and test images: variance = var(per-seed values) / n + var(per-image "
-    "values averaged over seeds) / N, Welch-Satterthwaite degrees of freedom, cut to the quantity's bounds"
-)
 
 
 @dataclass(frozen=True)

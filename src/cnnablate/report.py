@@ -32,14 +32,15 @@ from cnnablate.results import (
     difference_estimate,
     per_image_correctness,
     read_tuning,
+    scored_images,
     summarize,
 )
 from cnnablate.tracking import numeric_items
-from cnnablate.train import TRAINED_MARGIN
+from cnnablate.train import TRAINED_MARGIN, trained_accuracy
 
 DID_NOT_TRAIN_RULE = (
     f"the final model classifies less than {TRAINED_MARGIN:.0%} of the way from chance to 100% of its whole "
-    "training split correctly (32.5% on 10 classes), or the loss became non-finite (diverged)"
+    f"training split correctly ({trained_accuracy(0.1):.1%} on 10 classes), or the loss became non-finite (diverged)"
 )
 NOT_CONVERGED_TEXT = "not converged within the budget"
 PRINTED_RESOLUTION = 0.001  # accuracies are printed to 0.1 points
@@ -126,6 +127,11 @@ def lead_interval(
     return difference_estimate(
         results[results["variant"] == leader], results[results["variant"] == runner_up], correct or {}
     )
+
+
+def _ratio(value: float, low: float, high: float) -> str:
+    """A ratio with its interval (when there is one), two significant digits."""
+    return f"{value:.2g}x" + ("" if _missing(low) else f" [{low:.2g}, {high:.2g}]")
 
 
 def _p(value: float) -> str:
@@ -215,7 +221,7 @@ def resolution_sentence(compared: Sequence[str], summary: pd.DataFrame, results:
     if detectable.empty:
         return None
     comparisons = summary.attrs.get("comparisons", len(detectable))
-    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    images = scored_images(results)
     low, high = detectable.min() * 100, detectable.max() * 100
     scale = f"{low:.1f} points" if f"{low:.1f}" == f"{high:.1f}" else f"{low:.1f}–{high:.1f} points"
     on = f" and {images:,.0f} test images" if not _missing(images) else ""
@@ -242,10 +248,8 @@ def speed_sentence(compared: Sequence[str], summary: pd.DataFrame) -> str | None
             same.append(f"{variant} ({row['speed_ratio']:.2g}x, {row['speed_pairs']} seed pair: no interval)")
             continue
         reached = "" if row["target_reached"] == row["seeds"] else f", {row['target_reached']} of {row['seeds']} seeds"
-        interval = (
-            f"{row['speed_ratio']:.2g}x [{row['speed_ratio_low']:.2g}, {row['speed_ratio_high']:.2g}], "
-            f"Holm p {_p(row['speed_p_holm'])}{reached}"
-        )
+        ratio = _ratio(row["speed_ratio"], row["speed_ratio_low"], row["speed_ratio_high"])
+        interval = f"{ratio}, Holm p {_p(row['speed_p_holm'])}{reached}"
         if row["speed_p_holm"] < intervals.ALPHA:
             (later if row["speed_ratio"] > 1 else sooner).append(f"{variant} ({interval})")
         else:
@@ -350,8 +354,7 @@ def _speed(row: pd.Series, compared: bool) -> str:
     reached = f" ({row['target_reached']}/{row['seeds']})" if row["target_reached"] < row["seeds"] else ""
     text = f"{row['steps_to_target_mean']:.0f}{reached}"
     if compared and not _missing(row.get("speed_ratio")):
-        low, high = row["speed_ratio_low"], row["speed_ratio_high"]
-        text += f"; {row['speed_ratio']:.2g}x" + ("" if _missing(low) else f" [{low:.2g}, {high:.2g}]")
+        text += "; " + _ratio(row["speed_ratio"], row["speed_ratio_low"], row["speed_ratio_high"])
     return text
 
 
@@ -428,7 +431,7 @@ def method_notes(
 ) -> list[str]:
     """How every interval, verdict, the ranking, the run outcomes and the training speed are computed."""
     rule = next((s["rule"] for s in searches.values() if s.get("rule")), None)
-    images = pd.to_numeric(results.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+    images = scored_images(results)
     on = f"the {images:.0f} test images" if not _missing(images) else "the test images"
     comparisons = summary.attrs.get("comparisons") if summary is not None else None
     per_image = summary is not None and bool(summary["per_image"].all())

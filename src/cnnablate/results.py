@@ -174,16 +174,28 @@ def _by_seed(group: pd.DataFrame, column: str) -> dict[int, float]:
     return dict(zip(group["seed"].astype(int), pd.to_numeric(group[column], errors="coerce"), strict=True))
 
 
+def scored_images(frame: pd.DataFrame) -> float:
+    """The number of test images the runs were scored on (NaN when the runs do not say)."""
+    return pd.to_numeric(frame.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
+
+
+def _scored_seeds(group: pd.DataFrame) -> list[int]:
+    return [int(seed) for seed in group.loc[group["test_acc"].notna(), "seed"]]
+
+
+def has_per_image(group: pd.DataFrame, correct: Correctness) -> bool:
+    """Whether every scored run of the variant kept its per-image predictions (the engine then pairs by image)."""
+    variant = str(group["variant"].iloc[0])
+    return all((variant, seed) in correct for seed in _scored_seeds(group))
+
+
 def accuracy_estimate(group: pd.DataFrame, correct: Correctness) -> intervals.Estimate:
     """One variant's test accuracy over its scored runs: from every run's per-image correctness when each has
     it, else from the accuracies with a binomial test-set term."""
-    scored = group[group["test_acc"].notna()]
-    seeds = [int(seed) for seed in scored["seed"]]
-    variant = str(group["variant"].iloc[0])
-    if seeds and all((variant, seed) in correct for seed in seeds):
+    seeds, variant = _scored_seeds(group), str(group["variant"].iloc[0])
+    if seeds and has_per_image(group, correct):
         return intervals.accuracy(np.stack([correct[(variant, seed)] for seed in seeds]))
-    images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
-    return intervals.accuracy_without_images(scored["test_acc"].astype(float), images)
+    return intervals.accuracy_without_images(group["test_acc"].astype(float), scored_images(group))
 
 
 def difference_estimate(group: pd.DataFrame, other: pd.DataFrame, correct: Correctness) -> intervals.Estimate:
@@ -196,8 +208,7 @@ def difference_estimate(group: pd.DataFrame, other: pd.DataFrame, correct: Corre
         return intervals.difference(
             np.stack([correct[(variant, s)] for s in seeds]), np.stack([correct[(base, s)] for s in seeds])
         )
-    images = pd.to_numeric(group.get("test_images", pd.Series(dtype=float)), errors="coerce").max()
-    return intervals.difference_without_images({s: mine[s] for s in seeds}, theirs, images)
+    return intervals.difference_without_images({s: mine[s] for s in seeds}, theirs, scored_images(group))
 
 
 def outcome_counts(outcomes: pd.Series) -> dict[str, int]:
@@ -226,13 +237,11 @@ def _comparisons(
     return differences, speeds
 
 
-def _family(estimates: Mapping[str, intervals.Estimate]) -> tuple[dict[str, float], float]:
-    """Holm-adjusted p-values over one family of comparisons with base, and the level a single true effect
-    must pass (the detectable differences are stated at it)."""
+def _family(estimates: Mapping[str, intervals.Estimate]) -> tuple[dict[str, float], int]:
+    """Holm-adjusted p-values over one family of comparisons with base, and how many comparisons it holds."""
     names = list(estimates)
     adjusted = intervals.holm([estimates[v].p_value for v in names])
-    tested = sum(not math.isnan(p) for p in adjusted)
-    return dict(zip(names, adjusted, strict=True)), intervals.family_alpha(tested)
+    return dict(zip(names, adjusted, strict=True)), sum(not math.isnan(p) for p in adjusted)
 
 
 def summarize(
@@ -246,7 +255,8 @@ def summarize(
     ended; means of every other number."""
     tuning, correct = tuning or {}, correct or {}
     differences, speeds = _comparisons(results, correct)
-    accuracy_holm, accuracy_level = _family(differences)
+    accuracy_holm, comparisons = _family(differences)
+    accuracy_level = intervals.family_alpha(comparisons)  # the detectable differences are stated at it
     speed_holm, _ = _family(speeds)
     no_mean = {*TEXT_COLUMNS, "seed", "test_acc", "diverged", "trained", "converged", "retried", *model_axes()}
     missing = intervals.Estimate(math.nan, math.nan, math.nan, 0, math.nan, math.nan, math.nan)
@@ -273,7 +283,7 @@ def summarize(
                 "test_acc_mean": accuracy.value,
                 "test_acc_ci_low": accuracy.low,
                 "test_acc_ci_high": accuracy.high,
-                "per_image": variant in {v for v, _ in correct},
+                "per_image": has_per_image(group, correct),
                 "paired_diff": difference.value,
                 "paired_ci_low": difference.low,
                 "paired_ci_high": difference.high,
@@ -297,6 +307,6 @@ def summarize(
             }
         )
     summary = pd.DataFrame(rows)
-    summary.attrs["comparisons"] = sum(not math.isnan(p) for p in accuracy_holm.values())
+    summary.attrs["comparisons"] = comparisons
     summary.attrs["detectable_alpha"] = accuracy_level
     return summary
