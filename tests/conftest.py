@@ -57,10 +57,12 @@ def snakemake(
     check: bool = True,
     timeout: int = 540,
     snakefile: Path = ROOT / "Snakefile",
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run the project's workflow with a scratch working directory (results/ and reports/ land there).
 
-    The timeout stays under pytest-timeout's 600 s per test, so a hung run fails with Snakemake's output.
+    The timeout stays under pytest-timeout's 600 s per test, so a hung run fails with Snakemake's output;
+    ``env`` adds to the workflow's environment (e.g. PYTHONPATH for a package with a module of one's own).
     """
     if RUNNING_TEST and RUNNING_TEST.get_closest_marker("e2e") is None:
         raise AssertionError(f"{RUNNING_TEST.nodeid} runs Snakemake: mark it @pytest.mark.e2e")
@@ -74,7 +76,8 @@ def snakemake(
         str(configfile),
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=workflow_env(workdir), timeout=timeout)
+    environment = workflow_env(workdir) | (env or {})
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -13,35 +14,21 @@ from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, snakemake
 
-TRIVIAL_RULE = """
-rule weight_norm:
-    input:
-        model=run_file(layout.MODEL),
-    output:
-        analysis_file("weight_norm"),
-    log:
-        f"{LOGS}/weight_norm/{{variant}}/seed{{seed}}.log",
-    benchmark:
-        f"{BENCHMARKS}/weight_norm/{{variant}}/seed{{seed}}.tsv"
-    conda:
-        ENV
-    script:
-        "../scripts/weight_norm.py"
+README_FILE = re.compile(r"`(?P<path>[\w/.]+)`:\n\n(?P<indent> *)```python\n(?P<code>.*?)\n(?P=indent)```", re.S)
+README_INCLUDE = re.compile(r"^ *include: \"workflow/rules/(?!report)\w+\.smk\"$", re.M)
 
 
-register_analysis("weight_norm")
-"""
-
-TRIVIAL_SCRIPT = """
-import json
-
-import torch
-
-state = torch.load(snakemake.input.model, weights_only=True)
-norm = sum(float(t.float().pow(2).sum()) for t in state.values()) ** 0.5
-with open(snakemake.output[0], "w") as handle:
-    json.dump({"weight_l2_norm": norm}, handle)
-"""
+def readme_analysis() -> tuple[dict[str, str], str]:
+    """The files of the README's "Add an analysis rule" (path -> text) and its include line, as written there."""
+    section = (ROOT / "README.md").read_text().split("## Add an analysis rule", 1)[1].split("\n## ", 1)[0]
+    files = {
+        match["path"]: textwrap.dedent(
+            "\n".join(line.removeprefix(match["indent"]) for line in match["code"].splitlines())
+        )
+        + "\n"
+        for match in README_FILE.finditer(section)
+    }
+    return files, README_INCLUDE.search(section)[0].strip()
 
 
 def _jobs(output: str) -> dict[str, int]:
@@ -80,38 +67,53 @@ def test_add_an_ablation_trains_only_the_new_variants(tiny_study: Path, tmp_path
 
 
 @pytest.mark.e2e
-def test_add_an_analysis_rule_reaches_the_report_and_mlflow(tiny_study: Path, tmp_path: Path) -> None:
+def test_the_readme_analysis_in_three_files_reaches_the_report_and_mlflow(tiny_study: Path, tmp_path: Path) -> None:
+    """README "Add an analysis rule", copied from its text into a copy of the project: a rule file, one module,
+    one include line; the report shows its section under its title and labels, MLflow its numbers."""
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in ("Snakefile", "workflow", "profiles", "environment.yml"):
+    for name in ("Snakefile", "workflow", "profiles", "environment.yml", "src"):
         source = ROOT / name
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, repo / name)
-    # README steps 1-3: a rule file ending in register_analysis, its script, an include before the report.
-    (repo / "workflow/rules/weight_norm.smk").write_text(TRIVIAL_RULE)
-    (repo / "workflow/scripts/weight_norm.py").write_text(TRIVIAL_SCRIPT)
+    files, include = readme_analysis()
+    assert sorted(files) == ["src/cnnablate/against_base.py", "workflow/rules/against_base.smk"]
+    for path, text in files.items():
+        (repo / path).write_text(text)
     snakefile = (repo / "Snakefile").read_text()
-    snakefile = snakefile.replace(
-        'include: "workflow/rules/report.smk"',
-        'include: "workflow/rules/weight_norm.smk"\ninclude: "workflow/rules/report.smk"',
-    )
-    (repo / "Snakefile").write_text(snakefile)
+    report_include = 'include: "workflow/rules/report.smk"'
+    (repo / "Snakefile").write_text(snakefile.replace(report_include, f"{include}\n{report_include}"))
+    touched = [p for p in repo.rglob("*") if p.is_file() and not (ROOT / p.relative_to(repo)).exists()]
+    changed = [
+        p
+        for p in repo.rglob("*")
+        if p.is_file() and p not in touched and p.read_bytes() != (ROOT / p.relative_to(repo)).read_bytes()
+    ]
+    assert len(touched) + len(changed) == 3, (touched, changed)
     workdir = tmp_path / "study"
     shutil.copytree(tiny_study, workdir, symlinks=True)
 
-    snakemake(workdir, workdir / "config.yaml", "--cores", "2", snakefile=repo / "Snakefile")
-    results = pd.read_csv(workdir / "results/tiny/results.csv")
-    assert results["weight_l2_norm"].notna().all()
-    assert (results["weight_l2_norm"] > 0).all()
+    snakemake(
+        workdir,
+        workdir / "config.yaml",
+        "--cores",
+        "2",
+        snakefile=repo / "Snakefile",
+        env={"PYTHONPATH": str(repo / "src")},
+    )
+    results = pd.read_csv(workdir / "results/tiny/results.csv").set_index(["variant", "seed"])
+    assert results["lost_to_base"].between(0, 1).all()
+    assert (results.loc["base", "lost_to_base"] == 0).all() and (results.loc["base", "won_from_base"] == 0).all()
+    assert (results.loc["arch-fc", ["lost_to_base", "won_from_base"]].sum(axis=1) > 0).all()
     page = (workdir / "reports/tiny/index.html").read_text()
-    assert ">weight_norm</h3>" in page
-    assert "weight_l2_norm" in page
+    assert "<h3>Test images lost and won against base</h3>" in page
+    assert "wrong here, right in base (%)" in page
     client = MlflowClient(f"sqlite:///{workdir}/results/mlflow.db")
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs(
         [experiment.experiment_id], "attributes.status = 'FINISHED' and tags.`cnnablate.role` = 'job'"
     )
     assert len(runs) == 6
-    assert all("weight_norm.weight_l2_norm" in run.data.metrics for run in runs)
+    assert all("against_base.lost_to_base" in run.data.metrics for run in runs)
 
 
 def _dry_run_rules(workdir: Path, config: dict) -> tuple[dict[str, int], set[str]]:

@@ -18,14 +18,12 @@ from collections.abc import Iterator
 
 import pytest
 import torch
-from torch import nn
 
 from cnnablate.config import Study, validate_config
-from cnnablate.data import make_synthetic
+from cnnablate.data import make_synthetic, split_validation
 from cnnablate.devices import LOCK_DIR_ENV, choose_device
 from cnnablate.loader import DeviceDataset
-from cnnablate.runs import build_for_dataset
-from cnnablate.train import NesterovSGD, TrainJob, epoch_generator, make_step, train
+from cnnablate.train import TrainJob, epoch_generator, prepare_fit, train, train_step
 from conftest import recording_layers, tiny_config
 from test_train import make_job
 
@@ -101,23 +99,20 @@ def test_the_optimizer_step_runs_foreach_kernels_and_no_torch_optim(tmp_path, mo
     monkeypatch.setenv(LOCK_DIR_ENV, str(tmp_path / "gpu-locks"))
     choice = choose_device("bf16", "on", force_cpu=device == "cpu")
     config = validate_config(tiny_config())
-    arrays = make_synthetic(128, 16, contrast=0.6, seed=0)
-    model = build_for_dataset(Study.from_config(config).variants["base"].spec, arrays, seed=0)
-    model = model.to(choice.device, memory_format=torch.channels_last)
-    optimizer = NesterovSGD(model, 0.05, config["train"]["momentum"], config["train"]["weight_decay"])
-    step = make_step(model, optimizer, nn.CrossEntropyLoss(), choice, "off")
-    data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, channels_last=True)
-    images, labels = next(data.train_batches(64, epoch_generator(0, 1, choice.device), 4, True))
-    before = [p.detach().clone() for p in model.parameters()]
+    arrays = split_validation(make_synthetic(128, 16, contrast=0.6, seed=0), 32, seed=0)
+    spec = Study.from_config(config).variants["base"].spec
+    fit = prepare_fit(spec, arrays, 0, {**config["train"], "compile": "off"}, 0.05, choice)
+    images, labels = next(fit.train_data.train_batches(64, epoch_generator(0, 1, choice.device), 4, True))
+    before = [p.detach().clone() for p in fit.model.parameters()]
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
-        step(images, labels)
+        train_step(fit, fit.new_progress().schedule, 0, images, labels)
         if device == "cuda":
             torch.cuda.synchronize()
     ops = {event.name for event in profile.events()}
     assert "aten::_foreach_add_" in ops, sorted(ops)
     assert "aten::_foreach_mul_" in ops, sorted(ops)
     assert not any("sgd" in op.lower() for op in ops), "the step must not go through torch.optim"
-    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True) if p.ndim >= 2)
+    assert all(not torch.equal(a, p) for a, p in zip(before, fit.model.parameters(), strict=True) if p.ndim >= 2)
 
 
 def test_random_streams_are_bit_exact(device) -> None:

@@ -219,6 +219,13 @@ def test_html_report_renders_every_section_without_broken_images(tiny_study: Pat
         "Reproduce",
     ):
         assert f">{section}</h2>" in text
+    for title in (  # the analyses' sections, titled as their rule files declare them (cnnablate.sections)
+        "Cost and receptive fields of every variant",
+        "Robustness to translated test images",
+        "Receptive-field laws",
+    ):
+        assert f"<h3>{title}</h3>" in text
+    assert "accuracy, shift 2 px (%)" in text and "shift_acc" not in text.split('id="tables"')[0]
     # two epochs on 256 images stay at chance: the verdict says so instead of ranking anything
     assert "<p>Base did not train, so nothing is compared with it; did not train: pool-avg.</p>" in text, text
     assert "Best:" not in text
@@ -254,6 +261,9 @@ def test_snakemake_report_archive_holds_every_figure(tiny_study: Path, tmp_path:
     assert any(name.endswith("report.html") for name in names)
     assert any("summary.csv" in name for name in names)
     assert any(name.endswith("index.html") for name in names)
+    # the analyses' captions reach Snakemake's report from their sections' declarations, not from .rst copies
+    contents = "".join(zipfile.ZipFile(archive).read(name).decode(errors="ignore") for name in names if ".htm" in name)
+    assert "when every test image is translated" in contents
 
 
 def _rewrite_runs(fixture: FixtureStudy, variant: str, change) -> None:  # type: ignore[no-untyped-def]
@@ -407,7 +417,7 @@ def _bounds(header: str) -> tuple[float, float]:
     """What an interval in this column may span: accuracies in % or as fractions, differences, ratios."""
     if "Δ" in header:
         return -100.0, 100.0
-    if "accuracy %" in header:
+    if "accuracy %" in header or "accuracy (%)" in header:
         return 0.0, 100.0
     if "×" in header or "/" in header or "ratio" in header:
         return 0.0, math.inf

@@ -16,19 +16,23 @@ import pytest
 import torch
 
 from cnnablate import layout
+from cnnablate.agc import adaptive_clip_grad_
 from cnnablate.config import Study, validate_config
 from cnnablate.data import ArrayDataset, load_prepared, make_synthetic, split_validation
+from cnnablate.devices import choose_device
 from cnnablate.loader import DeviceDataset, random_crop_flip
+from cnnablate.models import agc_parameter_groups
 from cnnablate.train import (
     Attempt,
     Convergence,
-    NesterovSGD,
     Progress,
     Schedule,
     TrainJob,
+    prepare_fit,
     train,
-    trained_accuracy,
+    train_step,
 )
+from cnnablate.vocabulary import TRAINED_LOSS_FRACTION, trained_accuracy
 from conftest import recording_layers, tiny_config
 
 
@@ -131,27 +135,39 @@ def test_a_final_run_trained_only_when_its_final_model_fits_the_training_split()
     assert attempt(None, diverged=True).outcome == "diverged"
 
 
-def test_nesterov_sgd_steps_exactly_as_torch_optim_sgd() -> None:
-    torch.manual_seed(0)
-    ours = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
-    theirs = copy.deepcopy(ours)
-    optimizer = NesterovSGD(ours, lr=0.1, momentum=0.9, weight_decay=0.01)
+@pytest.mark.parametrize("variant", ["base", "norm-nf"])
+def test_the_step_updates_exactly_as_torch_optim_sgd_after_clipping(variant: str) -> None:
+    """train_step's foreach update is torch.optim.SGD(nesterov=True) with weight decay on weights of rank >= 2
+    only, after adaptive gradient clipping for norm nf, at the schedule's rate of each step."""
+    config = validate_config(tiny_config(ablations={"norm": {"norm": ["nf"]}}))
+    recipe = config["train"]
+    arrays = split_validation(make_synthetic(256, 64, contrast=0.6, seed=0), 64, seed=0)
+    spec = Study.from_config(config).variants[variant].spec
+    fit = prepare_fit(spec, arrays, 0, recipe, 0.1, choose_device("fp32", "off", 1, force_cpu=True))
+    theirs = copy.deepcopy(fit.model)
     reference = torch.optim.SGD(
         [
-            {"params": [p for p in theirs.parameters() if p.ndim >= 2], "weight_decay": 0.01},
+            {"params": [p for p in theirs.parameters() if p.ndim >= 2], "weight_decay": recipe["weight_decay"]},
             {"params": [p for p in theirs.parameters() if p.ndim < 2], "weight_decay": 0.0},
         ],
         lr=0.1,
-        momentum=0.9,
+        momentum=recipe["momentum"],
         nesterov=True,
     )
-    for _ in range(5):
-        batch = torch.randn(8, 4)
-        for model, opt in ((ours, optimizer), (theirs, reference)):
-            opt.zero_grad()
-            model(batch).square().mean().backward()
-            opt.step()
-    for mine, reference_parameter in zip(ours.parameters(), theirs.parameters(), strict=True):
+    schedule = Schedule(warmup_steps=4)
+    batches = [*fit.train_data.train_batches(64, torch.Generator().manual_seed(0), 4, True)] * 2
+    for step, (images, labels) in enumerate(batches):
+        train_step(fit, schedule, step, images, labels)
+        reference.zero_grad()
+        fit.loss_fn(theirs(images).float(), labels).backward()
+        if variant == "norm-nf":
+            adaptive_clip_grad_(agc_parameter_groups(theirs)["clipped"], recipe["agc_clipping"])
+        for group in reference.param_groups:
+            group["lr"] = 0.1 * schedule.multiplier(step)
+        reference.step()
+        assert fit.lr == reference.param_groups[0]["lr"]
+    assert all(p.grad is None for p in fit.model.parameters())  # the step drops its gradients
+    for mine, reference_parameter in zip(fit.model.parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(mine, reference_parameter, rtol=1e-6, atol=1e-7)
 
 
@@ -276,7 +292,7 @@ def test_a_run_that_does_not_optimise_did_not_train_and_one_stopped_by_the_cap_i
     assert still["outcome"] == "did_not_train"
     assert still["trained"] is False
     assert still["chance"] == 0.1
-    assert still["best_train_loss"] > 0.9 * math.log(10)
+    assert still["best_train_loss"] > TRAINED_LOSS_FRACTION * math.log(10)
     assert still["train_acc"] < still["trained_accuracy"] == pytest.approx(0.325)
     learned = train(make_job(tmp_path, "learns", lr=0.2, max_steps=60, patience=60, min_steps=60))
     assert learned["outcome"] == "not_converged"

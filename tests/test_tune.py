@@ -16,6 +16,7 @@ from cnnablate.config import Study, validate_config
 from cnnablate.data import make_synthetic, split_validation
 from cnnablate.train import train
 from cnnablate.tune import GridPoint, next_rate_past_edge, select_lr, try_learning_rate, tune_variant
+from cnnablate.vocabulary import accuracy_past_chance
 from conftest import tiny_config
 from test_train import make_job
 
@@ -117,7 +118,7 @@ def test_no_rate_is_chosen_before_it_learned_the_budget_doubles_instead(tmp_path
     def fake(spec, arrays, recipe, tune, lr, extended=False, budget=None, live=None):  # type: ignore[no-untyped-def]
         tried.append((lr, budget))
         acc = accuracy[(lr, budget)]
-        learned = acc >= tuning.learned_accuracy(0.1, tune["learned"])
+        learned = acc >= accuracy_past_chance(0.1, tune["learned"])
         return GridPoint(lr, acc, 1.0, [acc], False, learned, budget, "budget", extended, learned, budget)
 
     monkeypatch.setattr(tuning, "try_learning_rate", fake)

@@ -14,7 +14,8 @@ import pandas as pd
 import seaborn as sns
 
 from cnnablate import layout
-from cnnablate.figures import LEGEND_BESIDE, NOT_TRAINED, save, variant_styles
+from cnnablate.figures import LEGEND_BESIDE, save, variant_styles
+from cnnablate.vocabulary import Outcome
 
 CONSTANT = 0.99  # a run giving one class to this share of the unshifted test images is a constant predictor
 
@@ -40,7 +41,7 @@ def unreliable_runs(runs: pd.DataFrame) -> pd.Series:
     or it did not train."""
     majority = runs.get("majority_class_fraction", pd.Series(float("nan"), index=runs.index)).astype(float)
     reasons = pd.Series("", index=runs.index)
-    reasons[~runs["trained"].astype(bool)] = NOT_TRAINED
+    reasons[~runs["trained"].astype(bool)] = Outcome.DID_NOT_TRAIN.words
     constant = majority >= CONSTANT
     reasons[constant] = [f"constant predictor (one class for {m * 100:.0f}% of images)" for m in majority[constant]]
     return reasons

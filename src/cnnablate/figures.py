@@ -24,10 +24,10 @@ import seaborn as sns
 from matplotlib import ticker
 
 from cnnablate.heatmaps import DPI, ERF_SCALE, erf_heatmap
+from cnnablate.vocabulary import Outcome
 
 sns.set_theme(style="whitegrid", context="notebook")
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "p", "h", "*")
-NOT_TRAINED = "did not train"
 LEGEND_BESIDE = {"loc": "upper left", "bbox_to_anchor": (1.02, 1.0), "fontsize": 8, "borderaxespad": 0.0}
 
 
@@ -55,9 +55,9 @@ def _tick_name(variant: str, trained: bool, diverged: int) -> str:
     """A variant id on two lines at its underscores, with its state under it."""
     name = variant.replace("_", "_\n")
     if not trained:
-        name += f"\n({NOT_TRAINED})"
+        name += f"\n({Outcome.DID_NOT_TRAIN.words})"
     elif diverged:
-        name += f"\n({diverged} diverged)"
+        name += f"\n({diverged} {Outcome.DIVERGED.words})"
     return name
 
 
@@ -95,7 +95,7 @@ def accuracy_figure(results: pd.DataFrame, summary: pd.DataFrame, members: list[
             color="C3" if trained else "0.6",
             capsize=5,
             markersize=6,
-            label=f"mean, {INTERVAL}" if trained else f"mean ({NOT_TRAINED})",
+            label=f"mean, {INTERVAL}" if trained else f"mean ({Outcome.DID_NOT_TRAIN.words})",
             clip_on=False,
         )
     ax.set_xticks(
@@ -131,7 +131,7 @@ def lr_sensitivity_figure(
         rates |= {point["lr"] for point in search["grid"]}
         grid = sorted((point for point in search["grid"] if point["val_acc"] is not None), key=lambda p: p["lr"])
         style = styles[variant]
-        label = variant if search.get("trained", True) else f"{variant} ({NOT_TRAINED})"
+        label = variant if search.get("trained", True) else f"{variant} ({Outcome.DID_NOT_TRAIN.words})"
         if len(search.get("budgets", [])) > 1:  # no rate had learned at the first budget: judged later
             label += f" (at {search['budgets'][-1]} steps)"
         ax.plot(
@@ -172,7 +172,9 @@ def lr_sensitivity_figure(
         if diverged and chance is not None:
             ax.scatter(diverged, [chance * 100] * len(diverged), marker="x", color=style.color, s=40, zorder=4)
     if chance is not None:
-        ax.axhline(chance * 100, color="0.4", linestyle="--", linewidth=1, label="chance (diverged: x)")
+        ax.axhline(
+            chance * 100, color="0.4", linestyle="--", linewidth=1, label=f"chance ({Outcome.DIVERGED.words}: x)"
+        )
     if learned_acc is not None:
         ax.axhline(learned_acc * 100, color="0.4", linestyle=":", linewidth=1, label="learned: rate can be chosen")
     ax.scatter([], [], marker="*", s=120, color="0.5", edgecolor="black", label="chosen learning rate")
@@ -280,7 +282,7 @@ def cost_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) 
                 color=style.color if row.trained else "none",
                 edgecolor=style.color,
                 linewidth=1.5,
-                label=row.variant if row.trained else f"{row.variant} ({NOT_TRAINED})",
+                label=row.variant if row.trained else f"{row.variant} ({Outcome.DID_NOT_TRAIN.words})",
             )
         trained = data[data["trained"]]
         cost, accuracy = trained[column].to_numpy(dtype=float), trained["test_acc_mean"].to_numpy() * 100
@@ -318,7 +320,7 @@ def rf_figure(summary: pd.DataFrame, styles: Mapping[str, Style], path: Path) ->
             marker=style.marker,
             color=style.color,
             s=50,
-            label=row.variant if row.trained else f"{row.variant} ({NOT_TRAINED})",
+            label=row.variant if row.trained else f"{row.variant} ({Outcome.DID_NOT_TRAIN.words})",
         )
         ax.scatter(
             row.trf_size_mean, row.erf_std_init_mean, marker=style.marker, color="none", edgecolor=style.color, s=50

@@ -35,14 +35,15 @@ from cnnablate.results import (
     scored_images,
     summarize,
 )
+from cnnablate.sections import Column, Section
 from cnnablate.tracking import numeric_items
-from cnnablate.train import TRAINED_MARGIN, trained_accuracy
+from cnnablate.vocabulary import RETRY_GAP, TRAINED_MARGIN, Outcome, trained_accuracy
 
 DID_NOT_TRAIN_RULE = (
     f"the final model classifies less than {TRAINED_MARGIN:.0%} of the way from chance to 100% of its whole "
-    f"training split correctly ({trained_accuracy(0.1):.1%} on 10 classes), or the loss became non-finite (diverged)"
+    f"training split correctly ({trained_accuracy(0.1):.1%} on 10 classes), or the loss became non-finite "
+    f"({Outcome.DIVERGED.words})"
 )
-NOT_CONVERGED_TEXT = "not converged within the budget"
 PRINTED_RESOLUTION = 0.001  # accuracies are printed to 0.1 points
 CEILING = 0.9995  # a mean that prints as 100.0%: nothing above it to tell variants apart
 VERSIONS = ("cnnablate", "torch", "torchvision", "numpy", "pandas", "matplotlib", "snakemake", "mlflow", "jinja2")
@@ -61,7 +62,7 @@ class Picture:
 
 
 @dataclass
-class Section:
+class Block:
     """One ablation block: its verdict, its rows of the summary table and its figures."""
 
     name: str
@@ -147,7 +148,7 @@ def _named(variant: str, stats: pd.DataFrame) -> str:
     capped = _not_converged(stats.loc[variant])
     if not capped:
         return variant
-    return f"{variant} ({NOT_CONVERGED_TEXT}: {capped} of {stats.loc[variant, 'seeds']} runs at the cap)"
+    return f"{variant} ({Outcome.NOT_CONVERGED.words}: {capped} of {stats.loc[variant, 'seeds']} runs at the cap)"
 
 
 def ranking_sentence(
@@ -191,12 +192,12 @@ def _dead_parts(dead: Sequence[str], stats: pd.DataFrame) -> list[str]:
     """The variants that did not train in every seed, as states: how many seeds, how many of them diverged."""
     parts, never = [], [v for v in dead if not stats.loc[v, "trained_runs"]]
     if never:
-        parts.append(f"did not train: {', '.join(never)}")
+        parts.append(f"{Outcome.DID_NOT_TRAIN.words}: {', '.join(never)}")
     for variant in (v for v in dead if v not in never):
         row = stats.loc[variant]
         untrained = row["seeds"] - row["trained_runs"]
-        diverged = f", {row['diverged']} diverged" if row["diverged"] else ""
-        parts.append(f"did not train in {untrained} of {row['seeds']} seeds{diverged}: {variant}")
+        diverged = f", {row['diverged']} {Outcome.DIVERGED.words}" if row["diverged"] else ""
+        parts.append(f"{Outcome.DID_NOT_TRAIN.words} in {untrained} of {row['seeds']} seeds{diverged}: {variant}")
     return parts
 
 
@@ -320,7 +321,7 @@ def block_verdict(
         if _not_converged(stats.loc["base"]):
             parts.append(f"base itself: {_named('base', stats).removeprefix('base (').removesuffix(')')}")
     else:
-        parts.append("base did not train, so nothing is compared with it")
+        parts.append(f"base {Outcome.DID_NOT_TRAIN.words}, so nothing is compared with it")
         dead.remove("base")
         compared = []
     parts += _dead_parts(dead, stats)
@@ -337,7 +338,11 @@ def retry_sentences(members: Sequence[str], results: pd.DataFrame) -> list[str]:
     sentences = []
     for run in retried.itertuples():
         first, tuned = run.first_attempt_val_acc, run.first_attempt_tuning_val_acc
-        gap = "diverged" if _missing(first) else f"ended {(tuned - first) * 100:.1f} points below its tuning run"
+        gap = (
+            Outcome.DIVERGED.words
+            if _missing(first)
+            else f"ended {(tuned - first) * 100:.1f} points below its tuning run"
+        )
         against = "" if _missing(first) else f" ({_points(first)}% against {_points(tuned)}% validation accuracy)"
         sentences.append(
             f"{run.variant}, seed {run.seed}: retried at lr {run.retry_lr:g} after the run at lr "
@@ -364,13 +369,15 @@ def run_state(row: pd.Series) -> str:
     seeds = row["seeds"]
     if not row["trained"]:
         untrained = seeds - row["trained_runs"]
-        diverged = f", {row['diverged']} diverged" if row["diverged"] else ""
-        return figures.NOT_TRAINED + ("" if untrained == seeds else f" in {untrained} of {seeds} seeds") + diverged
+        diverged = f", {row['diverged']} {Outcome.DIVERGED.words}" if row["diverged"] else ""
+        return (
+            Outcome.DID_NOT_TRAIN.words + ("" if untrained == seeds else f" in {untrained} of {seeds} seeds") + diverged
+        )
     capped = _not_converged(row)
     if capped:
-        return f"{NOT_CONVERGED_TEXT}: {capped} of {seeds} runs at the cap"
+        return f"{Outcome.NOT_CONVERGED.words}: {capped} of {seeds} runs at the cap"
     if row.get("converged_runs", 0) == seeds:
-        return "converged"
+        return Outcome.CONVERGED.words
     return "trained"
 
 
@@ -465,12 +472,14 @@ def method_notes(
         "cannot separate them.",
         "Generalises worse: a trained variant worse than base after Holm's correction, whose training-accuracy "
         "difference to base lies above the whole interval of its test-accuracy difference.",
-        f"Outcome: converged = stopped because validation accuracy, validation loss and training loss all "
-        f"stopped improving; {NOT_CONVERGED_TEXT} = reached train.max_steps while still improving (its accuracy "
-        f"is a lower bound; every verdict naming it says so); {figures.NOT_TRAINED}: {DID_NOT_TRAIN_RULE}. A "
-        "retried run ended more than 5 validation points below its tuning run and was run once more at the next "
+        f"Outcome: {Outcome.CONVERGED.words} = stopped because validation accuracy, validation loss and training "
+        f"loss all stopped improving; {Outcome.NOT_CONVERGED.words} = reached train.max_steps while still improving "
+        f"(its accuracy is a lower bound; every verdict naming it says so); {Outcome.DID_NOT_TRAIN.words}: "
+        f"{DID_NOT_TRAIN_RULE}. A retried run ended more than {RETRY_GAP * 100:g} validation points below its "
+        "tuning run and was run once more at the next "
         "lower learning rate; the attempt with the better validation accuracy was kept.",
-        f"Did not train: {DID_NOT_TRAIN_RULE}. Such variants are a state: never ranked, no difference to base.",
+        f"{Outcome.DID_NOT_TRAIN.words.capitalize()}: {DID_NOT_TRAIN_RULE}. Such variants are a state: never "
+        "ranked, no difference to base.",
     ]
     if rule:
         notes.append(f"Learning rate, per variant (from its tuning file): {rule}.")
@@ -542,7 +551,8 @@ def pareto_caption(summary: pd.DataFrame) -> str:
         front = figures.pareto_front(data[column].to_numpy(dtype=float), data["test_acc_mean"].to_numpy())
         parts.append(f"by {name}: {', '.join(data['variant'].iloc[front])}")
     return (
-        "Accuracy against parameters and MACs; hollow markers did not train and are left off the Pareto front "
+        f"Accuracy against parameters and MACs; hollow markers {Outcome.DID_NOT_TRAIN.words} and are left off the "
+        "Pareto front "
         "(no other variant is both cheaper and more accurate). On the front " + "; ".join(parts) + "."
     )
 
@@ -637,7 +647,7 @@ class StudyData:
         return figures.variant_styles(list(self.study.variants))
 
 
-def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Section:
+def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Block:
     """Verdict, table rows and figures of one ablation block: accuracy per seed, LR search, learning curves."""
     members, directory = data.study.ablation_variants(name), data.figures_dir
     accuracy = figures.accuracy_figure(data.results, data.summary, members, name, directory / f"accuracy_{name}.png")
@@ -657,7 +667,7 @@ def ablation_block(data: StudyData, name: str, histories: pd.DataFrame) -> Secti
         caption += " Steps trained (mean): " + ", ".join(f"{v} {s:.0f}" for v, s in steps.items()) + "."
     curves = figures.learning_curves_figure(histories, members, data.styles, name, directory / f"curves_{name}.png")
     pictures.append(Picture.of(curves, caption))
-    return Section(
+    return Block(
         name,
         block_verdict(members, data.summary, data.results, data.correct),
         table_rows(members, data.summary, data.results),
@@ -688,127 +698,75 @@ def cost_pictures(data: StudyData) -> list[Picture]:
     return pictures
 
 
-STUDY_OUTPUT_CAPTIONS = {
-    "shift_robustness.png": "Test accuracy (left) and the share of unchanged predictions (right) when every test "
-    "image is translated, per variant, mean over seeds, band = range over seeds. Runs that did not train or give "
-    "one class to nearly every image are left out of the consistency.",
-    "shift_robustness.csv": "Accuracy and consistency at each shift (%, mean over seeds); the note says which "
-    "seeds were left out of the consistency, and why.",
-    "rf_laws.csv": "Each receptive-field law beside its paper's statement, what was measured here with its 95% "
-    "interval, and the computed verdict; every law that differs says why in one sentence.",
-    "rf_laws_measurements.csv": "Every point behind the laws: ERF std and ERF/TRF of convolution stacks by depth, "
-    "plain against residual networks at equal depth, and area ratios by depthwise kernel size, at initialisation.",
-    "depth_trainability.csv": "Test accuracy by depth, residual and normalisation (mean over seeds, 95% interval) "
-    "and ERF std before and after training per variant, with the ratio's interval.",
-    "rf_laws_depth.png": "Luo et al.'s depth law on stacks of 3x3 convolutions (uniform weights, random weights, "
-    "random weights with ReLUs): ERF std against depth with the fitted exponent, ERF/TRF against depth beside the "
-    "1/sqrt(n) reference, and plain against residual networks at equal depth, all at initialisation.",
-    "rf_laws_kernel_size.png": "RepLKNet's high-contribution area ratios and the ERF std against the depthwise "
-    "kernel size at a fixed depth, at initialisation, measured on one common frame.",
-    "depth_trainability.png": "What made depth trainable: test accuracy against blocks per stage for plain and "
-    "residual networks with and without normalisation (left; 95% interval cut to 0–100%), and every variant's "
-    "ERF std at initialisation and after training (right).",
-}
-COLUMN_LABELS = {
-    "law": "law",
-    "paper": "source",
-    "statement": "the paper states",
-    "measured": "measured here",
-    "verdict": "verdict",
-    "notes": "why it differs, or a note",
-    "alpha_init": "ERF growth exponent along depth, at initialisation",
-    "alpha_trained": "ERF growth exponent along depth, trained",
-    "erf_growth": "ERF std trained / at initialisation",
-    "majority_class_fraction": "share of test images given the commonest class",
-    "blocks_per_stage": "blocks per stage",
-    "test_acc": "test accuracy",
-    "erf_std_init": "ERF std at initialisation (px)",
-    "erf_std_trained": "ERF std trained (px)",
-    "growth": "ERF std trained / at initialisation",
-    "trained_runs": "runs that trained",
-    "erf_runs": "runs with an ERF",
-    "trf_size": "TRF (px)",
-    "erf_std": "ERF std (px)",
-    "erf_trf_ratio": "ERF size / TRF size",
-    "kernel_size": "kernel size",
-    "lr": "learning rate",
-}
-HIDDEN_COLUMNS = {"value", "low", "high"}  # the laws table's numbers, already written out in "measured here"
-
-
-def column_label(column: str) -> str:
-    """A column's name in words: its label, a shift column's shift, else the name with spaces."""
-    if column in COLUMN_LABELS:
-        return COLUMN_LABELS[column]
-    if column.startswith(("shift_acc_", "shift_consistency_")):
-        kind, pixels = column.removeprefix("shift_").rsplit("_", 1)
-        return f"{'accuracy' if kind == 'acc' else 'unchanged predictions'}, shift {pixels.removesuffix('px')} px"
-    return column.replace("_", " ")
-
-
-def labelled(frame: pd.DataFrame) -> pd.DataFrame:
-    """A table for the page: X, X_low and X_high become one "label [95% interval]" column, names become labels."""
-    frame = frame.drop(columns=[c for c in HIDDEN_COLUMNS if c in frame])
+def labelled(frame: pd.DataFrame, section: Section | None = None) -> pd.DataFrame:
+    """A table for the page, its headings from the section's declared columns: X, X_low and X_high become one
+    "heading [95% interval]" column, fractions declared as percentages are shown times 100, hidden columns go."""
+    section = section or Section.undeclared("")
     out = pd.DataFrame(index=frame.index)
     for column in frame.columns:
-        if column.endswith(("_low", "_high")) and column.rsplit("_", 1)[0] in frame:
+        declared, heading = section.column(column)
+        if (declared and declared.hidden) or (column.endswith(("_low", "_high")) and column.rsplit("_", 1)[0] in frame):
             continue
+        scale = 100.0 if declared and declared.percent else 1.0
         low, high = f"{column}_low", f"{column}_high"
         if low in frame and high in frame:
-            out[f"{column_label(column)} [95% interval]"] = [
-                "–" if _missing(v) else f"{v:.4g}" + ("" if _missing(a) else f" [{a:.4g}, {b:.4g}]")
+            out[f"{heading} [95% interval]"] = [
+                "–"
+                if _missing(v)
+                else f"{v * scale:.4g}" + ("" if _missing(a) else f" [{a * scale:.4g}, {b * scale:.4g}]")
                 for v, a, b in zip(frame[column], frame[low], frame[high], strict=True)
             ]
         else:
-            out[column_label(column)] = frame[column]
+            out[heading] = frame[column] * scale if scale != 1.0 else frame[column]
     return out
 
 
-def analysis_sections(data: StudyData, analyses: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """Per registered analysis: the mean over seeds of its numbers, and its study-level figures and tables, each
-    with a caption in words and labelled columns."""
-    sections = []
+def per_run_columns(data: StudyData, section: Section) -> list[str]:
+    """The results.csv columns of a section's per-run table: those it names (``Section.per_run``), in that order,
+    else every number of its analysis file."""
+    if section.per_run is None:
+        numbers = numeric_items(_first_analysis(data.runs, section.name), "")
+        return [column for column in numbers if column in data.results]
+    return [
+        column for name in section.per_run for column in data.results.columns if Column(name).match(column) is not None
+    ]
+
+
+def analysis_sections(
+    data: StudyData, analyses: Mapping[str, Sequence[str]], sections: Mapping[str, Section]
+) -> list[dict[str, Any]]:
+    """Per registered analysis, as its section declares: the mean over seeds of its numbers, and its study-level
+    figures and tables, each with its caption."""
+    rendered = []
     for name, outputs in analyses.items():
-        keys = numeric_items(_first_analysis(data.runs, name), "") if name != "measures" else {}
-        columns = [column for column in keys if column in data.results]
+        section = sections.get(name) or Section.undeclared(name)
+        columns = per_run_columns(data, section)
         means = data.results.groupby("variant", sort=False)[columns].mean().reset_index()
-        sections.append(
+        rendered.append(
             {
-                "name": name,
-                "means": _table(labelled(means)) if columns else None,
-                "pictures": [Picture.of(Path(p), _output_caption(name, p)) for p in outputs if p.endswith(".png")],
+                "title": section.title,
+                "text": section.text,
+                "means": _table(labelled(means, section)) if columns else None,
+                "pictures": [Picture.of(Path(p), section.caption(p)) for p in outputs if p.endswith(".png")],
                 "tables": [
-                    {"caption": _output_caption(name, p), "table": _table(labelled(pd.read_csv(p)))}
+                    {"caption": section.caption(p), "table": _table(labelled(pd.read_csv(p), section))}
                     for p in outputs
                     if p.endswith(".csv")
                 ],
             }
         )
-    return sections
+    return rendered
 
 
-def _output_caption(analysis: str, path: str) -> str:
-    return STUDY_OUTPUT_CAPTIONS.get(Path(path).name, f"{analysis}: {Path(path).stem.replace('_', ' ')}.")
-
-
-INTERPRET_CAPTIONS = {
-    "filters.png": "first-layer filters as RGB images, each scaled to its own range",
-    "feature_maps.png": "one test image and the first channels of the feature map closing each stage",
-    "attributions.png": "test images with their saliency (|input gradient|) and Grad-CAM of the last spatial stage",
-}
-
-
-def learned_sections(interpret: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """The interpretation figures of each interpreted run, named after the run's own metrics.json."""
-    sections = []
+def learned_sections(interpret: Sequence[str | Path], section: Section) -> list[dict[str, Any]]:
+    """The interpretation figures of each interpreted run, named after the run's own metrics.json, captioned by
+    the interpret section's declaration."""
+    runs = []
     for directory in map(Path, interpret):
         variant = layout.run_metrics(directory)["variant"]
-        pictures = [
-            Picture.of(png, f"{variant}: {INTERPRET_CAPTIONS.get(png.name, png.stem.replace('_', ' '))}.")
-            for png in sorted(directory.glob("*.png"))
-        ]
-        sections.append({"variant": variant, "pictures": pictures})
-    return sections
+        pictures = [Picture.of(png, f"{variant}: {section.caption(png)}") for png in sorted(directory.glob("*.png"))]
+        runs.append({"variant": variant, "pictures": pictures})
+    return runs
 
 
 def build_report(
@@ -818,6 +776,7 @@ def build_report(
     tuning: Sequence[str | Path],
     interpret: Sequence[str | Path],
     analyses: Mapping[str, Sequence[str]],
+    sections: Mapping[str, Section] | None = None,
     results_csv: str | Path,
     summary_csv: str | Path,
     figures_dir: str | Path,
@@ -827,7 +786,11 @@ def build_report(
     """Write results.csv, summary.csv, every figure and index.html from the report rule's declared inputs:
     every run's metrics.json (its other files sit next to it), the learning-rate searches, the interpretation
     folders, each analysis's study-level outputs and the prepared dataset (its test labels score each run's
-    test predictions image by image)."""
+    test predictions image by image). ``sections``: each analysis's declared report section by name
+    (``cnnablate.sections``; "interpret" for the interpretation figures); an analysis without one is shown
+    under its name."""
+    sections = sections or {}
+    learned = sections.get("interpret") or Section.undeclared("interpret")
     Path(figures_dir).mkdir(parents=True, exist_ok=True)
     Path(html_path).parent.mkdir(parents=True, exist_ok=True)
     results = collect_results(study, metrics, analyses)
@@ -841,6 +804,7 @@ def build_report(
     histories = read_histories(results, runs)
     blocks = [ablation_block(data, name, histories) for name in study.config.get("ablations", {})]
     page = _template().render(
+        Outcome=Outcome,
         study=study.name,
         dataset=study.config["data"]["dataset"],
         variants=len(study.variants),
@@ -852,8 +816,9 @@ def build_report(
         blocks=blocks,
         notes=method_notes(results, searches, summary),
         cost_pictures=cost_pictures(data),
-        analyses=analysis_sections(data, analyses),
-        learned=learned_sections(interpret),
+        analyses=analysis_sections(data, analyses, sections),
+        learned=learned_sections(interpret, learned),
+        learned_title=learned.title,
         edge=_table(summary[["variant", "edge_match_init_mean", "edge_match_trained_mean"]].dropna()),
         summary_table=_table(summary),
         results_table=_table(results),

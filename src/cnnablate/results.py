@@ -17,6 +17,7 @@ import pandas as pd
 from cnnablate import intervals, layout
 from cnnablate.config import Study, model_axes
 from cnnablate.tracking import numeric_items
+from cnnablate.vocabulary import Outcome
 
 RUN_FIELDS = (
     "test_acc",
@@ -45,8 +46,6 @@ RUN_FIELDS = (
     "test_images",
 )
 TEXT_COLUMNS = ("study", "variant", "ablations", "lr_source", "stop_reason", "outcome")
-# run outcomes (metrics.json "outcome"): the first two trained, the last two are states, never numbers to rank
-CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED = "converged", "not_converged", "did_not_train", "diverged"
 
 
 def _measure_columns(measures: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,10 +212,9 @@ def difference_estimate(group: pd.DataFrame, other: pd.DataFrame, correct: Corre
 
 def outcome_counts(outcomes: pd.Series) -> dict[str, int]:
     """How many of a variant's runs ended in each outcome; ``outcome_unknown``: trained runs that predate it."""
-    return {
-        f"{outcome}_runs": int((outcomes == outcome).sum())
-        for outcome in (CONVERGED, NOT_CONVERGED, DID_NOT_TRAIN, DIVERGED)
-    } | {"outcome_unknown_runs": int(outcomes.isna().sum())}
+    return {f"{outcome}_runs": int((outcomes == outcome).sum()) for outcome in Outcome} | {
+        "outcome_unknown_runs": int(outcomes.isna().sum())
+    }
 
 
 def _comparisons(

@@ -10,6 +10,9 @@ their scale: 1 for accuracy, ln C for losses) for ``patience`` steps, and never 
 training loss keeps a network that is still fitting (with batch-norm statistics lagging in eval mode) from
 being stopped on a noisy validation curve.
 
+One optimisation step, the whole recipe (rate, forward, loss, backward, clipping, update), is ``train_step``; the
+schedule it reads and the stopping rule sit beside it.
+
 The tuning runs (``cnnablate.tune``) run this very loop on their own budget, so the learning rate they pick is
 tried under the schedule the final run uses. A final run that ends more than ``RETRY_GAP`` validation points
 below its tuning run at the same rate is retried once at the next lower rate of the grid; both attempts are
@@ -48,6 +51,7 @@ from cnnablate.loader import DeviceDataset
 from cnnablate.models import agc_parameter_groups
 from cnnablate.runs import build_for_dataset
 from cnnablate.tracking import git_commit
+from cnnablate.vocabulary import RETRY_GAP, TRAINED_LOSS_FRACTION, TRAINED_OUTCOMES, Outcome, trained_accuracy
 
 log = logging.getLogger("cnnablate.train")
 IMPORTED_AT = time.time()
@@ -64,11 +68,6 @@ HISTORY_FIELDS = [
     "eval_seconds",
     "elapsed_seconds",
 ]
-TRAINED_LOSS_FRACTION = 0.9  # a tuning run optimised when its training loss fell below this fraction of ln C
-# a final run trained when its final model classifies the whole training split at least this share of the way
-# from chance to 100% (0.25: 32.5% on 10 classes); one low segment of a noisy run cannot fake it
-TRAINED_MARGIN = 0.25
-RETRY_GAP = 0.05  # validation accuracy a final run may lose against its tuning run before it is retried
 KILL_AT_ENV = "CNNABLATE_KILL_AT"
 COMPILE_MIN_STEPS = 2000  # compile: auto compiles (CUDA graphs) runs capped at this many steps or more
 CHECKPOINT_FORMAT = 2  # part of every checkpoint's fingerprint: a checkpoint of an older layout never resumes
@@ -210,10 +209,36 @@ class Convergence:
         return self.best_train_loss < TRAINED_LOSS_FRACTION * self.chance_loss
 
 
-def trained_accuracy(chance: float) -> float:
-    """The training accuracy a final model must reach to have trained: TRAINED_MARGIN of the way from chance to
-    100%, a margin that does not shrink with the number of images."""
-    return chance + TRAINED_MARGIN * (1.0 - chance)
+def train_step(
+    fit: Fit, schedule: Schedule, step: int, images: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step of the recipe, the whole of it; returns (loss, number correct) as device tensors.
+
+    The rate from the schedule; forward and loss under autocast (the forward compiled when the recipe asks);
+    backward; adaptive gradient clipping for ``norm: nf`` (``cnnablate.agc``); Nesterov SGD, weight decay on
+    weights of rank >= 2 only, as foreach ops equal to ``torch.optim.SGD(nesterov=True)`` step for step (every
+    ``torch.optim.Optimizer`` pulls in torch._dynamo: seconds of start-up per job); the gradients dropped. A new
+    recipe element (an EMA of the weights, say) goes into the schema and here.
+    """
+    fit.lr = fit.peak_lr * schedule.multiplier(step)
+    with autocast(fit.choice.device, fit.choice.autocast_dtype):
+        logits = fit.forward(images)
+        loss = fit.loss_fn(logits.float(), labels)
+    loss.backward()
+    with torch.no_grad():
+        if fit.clipped:
+            adaptive_clip_grad_(fit.clipped, fit.recipe["agc_clipping"])
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in fit.parameters]
+        decay, decayed, momentum = fit.recipe["weight_decay"], fit.decayed, fit.recipe["momentum"]
+        if decay:
+            grads[:decayed] = torch._foreach_add(grads[:decayed], fit.parameters[:decayed], alpha=decay)
+        if momentum:
+            torch._foreach_mul_(fit.momenta, momentum)
+            torch._foreach_add_(fit.momenta, grads)
+            grads = torch._foreach_add(grads, fit.momenta, alpha=momentum)
+        torch._foreach_add_(fit.parameters, grads, alpha=-fit.lr)
+    fit.model.zero_grad()
+    return loss.detach(), (logits.argmax(dim=1) == labels).sum()
 
 
 @dataclass
@@ -250,47 +275,6 @@ class Progress:
         )
 
 
-class NesterovSGD:
-    """Nesterov SGD with decoupled parameter groups, as a few foreach tensor ops.
-
-    Equal to ``torch.optim.SGD(nesterov=True, dampening=0)`` step for step, without importing torch.optim's
-    machinery (every ``torch.optim.Optimizer`` pulls in torch._dynamo: seconds of start-up per job). Weight decay
-    applies to weights of rank >= 2 only (not to norms and biases).
-    """
-
-    def __init__(self, model: nn.Module, lr: float, momentum: float, weight_decay: float) -> None:
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        self.decayed = [p for p in parameters if p.ndim >= 2]
-        self.plain = [p for p in parameters if p.ndim < 2]
-        self.parameters = self.decayed + self.plain
-        self.momentum_buffers = [torch.zeros_like(p) for p in self.parameters]
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-
-    def zero_grad(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
-        if self.weight_decay and self.decayed:
-            grads[: len(self.decayed)] = torch._foreach_add(
-                grads[: len(self.decayed)], self.decayed, alpha=self.weight_decay
-            )
-        if self.momentum:
-            torch._foreach_mul_(self.momentum_buffers, self.momentum)
-            torch._foreach_add_(self.momentum_buffers, grads)
-            grads = torch._foreach_add(grads, self.momentum_buffers, alpha=self.momentum)
-        torch._foreach_add_(self.parameters, grads, alpha=-self.lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"momentum_buffers": self.momentum_buffers}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for buffer, saved in zip(self.momentum_buffers, state["momentum_buffers"], strict=True):
-            buffer.copy_(saved)
-
-
 def resolve_compile(setting: str, device: torch.device, max_steps: int) -> str:
     """The torch.compile mode of the step. ``auto``: CUDA graphs (reduce-overhead) on CUDA when the run may last
     COMPILE_MIN_STEPS steps, where the launches it saves (about 2.3 ms per step for the CIFAR base on an H200:
@@ -298,34 +282,6 @@ def resolve_compile(setting: str, device: torch.device, max_steps: int) -> str:
     if setting != "auto":
         return setting
     return "reduce-overhead" if device.type == "cuda" and max_steps >= COMPILE_MIN_STEPS else "off"
-
-
-def make_step(
-    model: nn.Module,
-    optimizer: NesterovSGD,
-    loss_fn: nn.Module,
-    choice: DeviceChoice,
-    compile_mode: str,
-    clip: tuple[list[nn.Parameter], float] | None = None,
-) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """One optimisation step returning (loss, number correct) as device tensors.
-
-    ``clip`` = (parameters, lambda) applies adaptive gradient clipping before the update (``norm: nf``).
-    """
-    forward = model if compile_mode == "off" else torch.compile(model, mode=compile_mode)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(choice.device, choice.autocast_dtype):
-            logits = forward(images)
-            loss = loss_fn(logits.float(), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        if clip is not None:
-            adaptive_clip_grad_(*clip)
-        optimizer.step()
-        return loss.detach(), (logits.argmax(dim=1) == labels).sum()
-
-    return step
 
 
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -361,11 +317,16 @@ def evaluate(
 
 @dataclass
 class Fit:
-    """One model being trained on the device, with the recipe it follows: what tuning and final training share."""
+    """One model being trained on the device, with the recipe it follows and what ``train_step`` needs: what
+    tuning and final training share."""
 
     model: nn.Module
-    optimizer: NesterovSGD
-    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    forward: Callable[[torch.Tensor], torch.Tensor]  # the model, compiled when the recipe asks (resolve_compile)
+    loss_fn: nn.Module
+    parameters: list[nn.Parameter]  # the trained ones: weights of rank >= 2 first (decayed), then norms and biases
+    decayed: int  # how many of ``parameters`` weight decay applies to
+    momenta: list[torch.Tensor]  # the Nesterov momentum buffer of each of ``parameters`` (checkpointed)
+    clipped: list[nn.Parameter]  # what adaptive gradient clipping clips (norm: nf); empty otherwise
     train_data: DeviceDataset
     val_data: DeviceDataset
     recipe: Mapping[str, Any]
@@ -374,6 +335,7 @@ class Fit:
     max_steps: int
     chance_loss: float
     choice: DeviceChoice
+    lr: float = math.nan  # the rate of the latest step (the history records it)
 
     @property
     def chance(self) -> float:
@@ -411,7 +373,8 @@ def prepare_fit(
     choice: DeviceChoice,
     max_steps: int | None = None,
 ) -> Fit:
-    """The variant's model as seeded, its optimiser and step, and the training and validation splits on the device."""
+    """The variant's model as seeded, what its steps update, and the training and validation splits on the
+    device."""
     dtype = choice.autocast_dtype or torch.float32
     train_data = DeviceDataset(arrays.x_train, arrays.y_train, choice.device, None, None, choice.channels_last, dtype)
     val_data = DeviceDataset(
@@ -419,13 +382,26 @@ def prepare_fit(
     )
     model = build_for_dataset(spec, arrays, seed).to(choice.device)
     model = model.to(memory_format=torch.channels_last) if choice.channels_last else model
-    optimizer = NesterovSGD(model, lr, recipe["momentum"], recipe["weight_decay"])
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"])
-    clip = (agc_parameter_groups(model)["clipped"], recipe["agc_clipping"]) if spec["norm"] == "nf" else None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decayed, plain = [p for p in trained if p.ndim >= 2], [p for p in trained if p.ndim < 2]
     cap = recipe["max_steps"] if max_steps is None else max_steps
-    step = make_step(model, optimizer, loss_fn, choice, resolve_compile(recipe["compile"], choice.device, cap), clip)
+    compile_mode = resolve_compile(recipe["compile"], choice.device, cap)
     return Fit(
-        model, optimizer, step, train_data, val_data, recipe, lr, seed, cap, math.log(arrays.num_classes), choice
+        model=model,
+        forward=model if compile_mode == "off" else torch.compile(model, mode=compile_mode),
+        loss_fn=nn.CrossEntropyLoss(label_smoothing=recipe["label_smoothing"]),
+        parameters=decayed + plain,
+        decayed=len(decayed),
+        momenta=[torch.zeros_like(p) for p in decayed + plain],
+        clipped=agc_parameter_groups(model)["clipped"] if spec["norm"] == "nf" else [],
+        train_data=train_data,
+        val_data=val_data,
+        recipe=recipe,
+        peak_lr=lr,
+        seed=seed,
+        max_steps=cap,
+        chance_loss=math.log(arrays.num_classes),
+        choice=choice,
     )
 
 
@@ -468,8 +444,7 @@ def run_to_convergence(
             fit.batch_size, epoch_generator(fit.seed, epoch, device), fit.recipe["crop_padding"], fit.recipe["flip"]
         )
         for offset, (images, labels) in enumerate(batches, start=1):
-            fit.optimizer.lr = fit.peak_lr * progress.schedule.multiplier(step)
-            loss, hits = fit.step(images, labels)
+            loss, hits = train_step(fit, progress.schedule, step, images, labels)
             loss_sum += loss * labels.shape[0]
             correct += hits
             seen, step = seen + labels.shape[0], step + 1
@@ -505,7 +480,7 @@ def check(
         "train_acc": train_acc,
         "val_loss": val_loss,
         "val_acc": val_acc,
-        "lr": fit.optimizer.lr,
+        "lr": fit.lr,
         "segment_seconds": seconds,
         "images_per_second": (step - progress.step) * fit.batch_size / seconds if seconds else math.nan,
         "eval_seconds": time.time() - eval_started,
@@ -571,14 +546,14 @@ class Attempt:
         return self.progress.history[-1] if self.progress.history else {}
 
     @property
-    def outcome(self) -> str:
-        """diverged | did_not_train (the final model's training accuracy below ``trained_accuracy``) |
-        not_converged (stopped by the cap while improving) | converged."""
+    def outcome(self) -> Outcome:
+        """Diverged; did not train (the final model's training accuracy below ``trained_accuracy``); not
+        converged (stopped by the cap while improving); else converged."""
         if self.progress.diverged or self.train_acc is None:
-            return "diverged"
+            return Outcome.DIVERGED
         if self.train_acc < trained_accuracy(self.fit.chance):
-            return "did_not_train"
-        return "not_converged" if self.progress.stop_reason == "cap" else "converged"
+            return Outcome.DID_NOT_TRAIN
+        return Outcome.NOT_CONVERGED if self.progress.stop_reason == "cap" else Outcome.CONVERGED
 
     @property
     def val_acc(self) -> float | None:
@@ -608,7 +583,8 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
         state = torch.load(checkpoint, map_location=choice.device, weights_only=True)
         if state["fingerprint"] == fingerprint:
             fit.model.load_state_dict(state["model"])
-            fit.optimizer.load_state_dict(state["optimizer"])
+            for buffer, saved in zip(fit.momenta, state["optimizer"]["momentum_buffers"], strict=True):
+                buffer.copy_(saved)
             progress = Progress.from_state(state["progress"])
             resumed_from = progress.epochs_completed
             log.info("resumed from checkpoint %s at epoch %d", checkpoint, resumed_from)
@@ -617,7 +593,8 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
 
     def after_epoch() -> None:
         state = {"fingerprint": fingerprint, "progress": progress.state()}
-        save_atomic({**state, "model": fit.model.state_dict(), "optimizer": fit.optimizer.state_dict()}, checkpoint)
+        optimizer = {"momentum_buffers": fit.momenta}
+        save_atomic({**state, "model": fit.model.state_dict(), "optimizer": optimizer}, checkpoint)
         kill_point(f"epoch-{progress.epochs_completed}")
 
     log.info("training at peak lr %g for at most %d steps", lr, fit.max_steps)
@@ -631,7 +608,7 @@ def train_attempt(job: TrainJob, arrays: ArrayDataset, choice: DeviceChoice, lr:
     return Attempt(lr, fit, progress, resumed_from, setup_seconds, training_started, train_loss, train_acc)
 
 
-def test_metrics(kept: Attempt, arrays: ArrayDataset) -> tuple[dict[str, Any], np.ndarray]:
+def score_test_split(kept: Attempt, arrays: ArrayDataset) -> tuple[dict[str, Any], np.ndarray]:
     """Test loss and accuracy of the kept attempt's model (None when it diverged), and its predicted class per
     test image (empty when it diverged)."""
     train_data = kept.fit.train_data
@@ -668,8 +645,8 @@ def run_metrics(job: TrainJob, arrays: ArrayDataset, attempts: list[Attempt], ke
         "lr": kept.lr,
         "lr_source": "tuned" if job.tuning else "shared",
         "outcome": kept.outcome,
-        "trained": kept.outcome in ("converged", "not_converged"),
-        "converged": kept.outcome == "converged",
+        "trained": kept.outcome in TRAINED_OUTCOMES,
+        "converged": kept.outcome == Outcome.CONVERGED,
         "stop_reason": progress.stop_reason,
         "chance": 1.0 / arrays.num_classes,
         "chance_loss": fit.chance_loss,
@@ -742,7 +719,7 @@ def train(job: TrainJob) -> dict[str, Any]:
     # evaluation: the test split, read once, for the kept attempt
     training_done = time.time()
     metrics = run_metrics(job, arrays, attempts, kept)
-    scores, predictions = test_metrics(kept, arrays)
+    scores, predictions = score_test_split(kept, arrays)
     metrics.update(scores)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     np.save(job.run_dir / layout.PREDICTIONS, predictions)

@@ -30,16 +30,21 @@ import torch
 
 from cnnablate.data import ArrayDataset, load_prepared, stratified_subset
 from cnnablate.devices import choose_device
-from cnnablate.train import TRAINED_LOSS_FRACTION, Fit, Progress, prepare_fit, run_to_convergence, save_atomic
+from cnnablate.train import Fit, Progress, prepare_fit, run_to_convergence, save_atomic
+from cnnablate.vocabulary import TRAINED_LOSS_FRACTION, Outcome, accuracy_past_chance
 
 log = logging.getLogger("cnnablate.tune")
-SELECTION_RULE = (
-    "among the learning rates whose run has started to learn (validation accuracy at least {learned:.0%} of the "
-    "way from chance to 100%, training loss below {trained:.0%} of ln C), the highest validation accuracy at the "
-    "largest budget; ties broken by lower validation loss, then by the smaller learning rate. While no rate has "
-    "learned, every rate trains twice as long, up to the final run's cap; a variant 'did not train' when no rate "
-    "had learned by then."
-)
+
+
+def selection_rule(learned: float) -> str:
+    """How a rate is chosen, in words (the tuning result carries it; the report quotes it)."""
+    return (
+        f"among the learning rates whose run has started to learn (validation accuracy at least {learned:.0%} of "
+        f"the way from chance to 100%, training loss below {TRAINED_LOSS_FRACTION:.0%} of ln C), the highest "
+        "validation accuracy at the largest budget; ties broken by lower validation loss, then by the smaller "
+        "learning rate. While no rate has learned, every rate trains twice as long, up to the final run's cap; a "
+        f"variant '{Outcome.DID_NOT_TRAIN.words}' when no rate had learned by then."
+    )
 
 
 @dataclass
@@ -55,17 +60,12 @@ class GridPoint:
     steps: int = 0
     stop_reason: str = "cap"
     extended: bool = False  # tried past an edge of the configured grid
-    learned: bool = False  # eligible to be chosen: started to learn (see SELECTION_RULE)
+    learned: bool = False  # eligible to be chosen: started to learn (see selection_rule)
     budget: int = 0  # the tuning budget (steps) this point was trained for
 
 
-def learned_accuracy(chance: float, learned: float) -> float:
-    """The validation accuracy a tuning run must reach to count as learning: ``learned`` of the way to 100%."""
-    return chance + learned * (1.0 - chance)
-
-
 def select_lr(grid: Sequence[GridPoint]) -> GridPoint:
-    """The best point by SELECTION_RULE: a point that learned beats any that did not; diverged points lose to
+    """The best point by ``selection_rule``: a point that learned beats any that did not; diverged points lose to
     any finite one."""
 
     def key(point: GridPoint) -> tuple[bool, float, float, float]:
@@ -143,7 +143,7 @@ def try_learning_rate(
     last = progress.history[-1]
     trained = progress.convergence.optimised
     chance = 1.0 / arrays.num_classes
-    learned = trained and last["val_acc"] >= learned_accuracy(chance, tune["learned"])
+    learned = trained and last["val_acc"] >= accuracy_past_chance(chance, tune["learned"])
     stop = progress.stop_reason if progress.finished else "budget"
     log.info(
         "lr %g, %d steps: validation accuracy %.4f, loss %.4f (%s)",
@@ -214,14 +214,14 @@ def tune_variant(
         "chosen_lr": best.lr,
         "trained": best.learned,
         "chance": chance,
-        "learned_acc": learned_accuracy(chance, tune["learned"]),
+        "learned_acc": accuracy_past_chance(chance, tune["learned"]),
         "validation_images": len(arrays.y_val),
         "validation_digest": arrays.validation_digest,
         "tuning_images": len(arrays.y_train),
         "max_steps": budget,
         "budgets": [*rounds, budget],
         "grid": [vars(point) for point in grid],
-        "rule": SELECTION_RULE.format(learned=tune["learned"], trained=TRAINED_LOSS_FRACTION),
+        "rule": selection_rule(tune["learned"]),
     }
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_text(json.dumps(result, indent=2) + "\n")

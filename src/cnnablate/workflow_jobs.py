@@ -1,7 +1,8 @@
 """The workflow's jobs: one function per rule, called by the rule's script with Snakemake's ``snakemake`` object.
 
-Every script is two lines, e.g. ``from cnnablate.workflow_jobs import train`` and ``train(snakemake)``; an
-analysis of your own follows the same convention (a ``@workflow_job`` function in your module, see README).
+Every built-in script is two lines, e.g. ``from cnnablate.workflow_jobs import train`` and ``train(snakemake)``;
+an analysis of your own needs no script: its rule names its ``@workflow_job`` function in ``params.job`` and
+runs the shared ``workflow/scripts/job.py`` (``run_named_job``; README, "Add an analysis rule").
 Snakemake starts, measures and kills each job's process itself; this module only makes that process cheap:
 a job imports only the modules its ``@workflow_job(...)`` names (this module imports no heavy library), and a
 finished job leaves through a flushed ``os._exit`` instead of tearing down torch and MLflow (1-2 s on a small
@@ -75,6 +76,14 @@ def workflow_job(*modules: str) -> Callable[[Job], Job]:
         return job
 
     return decorate
+
+
+def run_named_job(smk: Any) -> None:
+    """The job of a rule whose script is the shared ``workflow/scripts/job.py`` (``JOB_SCRIPT``): the
+    ``@workflow_job`` function its ``params.job`` names as ``"module:function"``, so that an analysis of your own
+    needs no script file of its own (README, "Add an analysis rule")."""
+    module, _, name = smk.params.job.partition(":")
+    getattr(importlib.import_module(module), name)(smk)
 
 
 def share_compile_cache(checkpoint: str | Path) -> None:
@@ -267,6 +276,7 @@ def interpret(smk: Any) -> None:
 def report(smk: Any) -> None:
     from cnnablate.config import Study, read_study_param
     from cnnablate.report import build_report
+    from cnnablate.sections import Section
 
     build_report(
         Study.from_config(read_study_param(smk.params.config)),
@@ -274,6 +284,7 @@ def report(smk: Any) -> None:
         tuning=list(smk.input.tuning),
         interpret=list(smk.input.interpret),
         analyses=json.loads(smk.params.analyses),
+        sections={name: Section.from_dict(section) for name, section in json.loads(smk.params.sections).items()},
         results_csv=smk.output.results,
         summary_csv=smk.output.summary,
         figures_dir=smk.output.figures,

@@ -1,6 +1,8 @@
 # Turns the validated config into the study's variants, paths and list of targets.
 import os
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
 from cnnablate import layout
 from cnnablate.config import (
@@ -11,6 +13,7 @@ from cnnablate.config import (
     study_param,
     validate_config,
 )
+from cnnablate.sections import Column, Output, Section
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -27,7 +30,13 @@ RUN = layout.run_dir(RESULTS, "{variant}", "{seed}")
 LOGS = f"results/{STUDY.name}/logs"
 BENCHMARKS = f"results/{STUDY.name}/benchmarks"
 ENV = "../../environment.yml"
-ANALYSES = {}
+JOB_SCRIPT = "../scripts/job.py"  # a rule's job by name: params.job = "module:function"
+ANALYSES = {}  # name -> per-run output, study-level outputs (register_analysis)
+SECTIONS = (
+    {}
+)  # name -> the report section it declares (cnnablate.sections), read by the report rule
+# where a job's log and benchmark go below LOGS and BENCHMARKS, per kind of job
+JOB_SCOPES = {"run": ["{variant}", "seed{seed}"], "variant": ["{variant}"], "study": []}
 
 
 wildcard_constraints:
@@ -45,13 +54,68 @@ def analysis_file(name):
     return str(layout.analysis_file(RUN, name))
 
 
-def register_analysis(name, study_outputs=()):
-    """Declare a per-run analysis: its rule writes analysis_file(name) (flat metrics), and its study-level rule
-    the files ``study_outputs`` (pass that rule's own outputs: ``rules.<rule>.output``); report and MLflow pick
-    them up."""
-    ANALYSES[name] = {
-        "run_output": analysis_file(name),
+def job(name, scope="run", slot=None):
+    """A rule's preamble, defined once: its log and benchmark (one per run, per variant or per study: JOB_SCOPES)
+    and, for a job that holds a GPU slot, its threads, resources and params.
+
+    ``slot="training"``: a training-sized job (train, tune); ``slot="analysis"``: a job sharing the GPU with
+    training (train.jobs_per_gpu per GPU) when the host has one, else train.threads CPU threads. Rules use it as
+    ``log: JOB.log``, ``benchmark: JOB.benchmark``, ``threads: JOB.threads``, ``resources: **JOB.resources`` and
+    ``params: **JOB.params``.
+    """
+    stem = "/".join([name, *JOB_SCOPES[scope]])
+    resources = {
+        "training": {"gpu": 1, "mem_mb": 8000, "runtime": 60},
+        "analysis": {"gpu": 1},
+    }.get(slot, {})
+    return SimpleNamespace(
+        log=f"{LOGS}/{stem}.log",
+        benchmark=f"{BENCHMARKS}/{stem}.tsv",
+        threads=config["train"]["threads"],
+        resources=resources,
+        params=(
+            {"jobs_per_gpu": config["train"]["jobs_per_gpu"]}
+            if slot == "analysis"
+            else {}
+        ),
+    )
+
+
+def register_analysis(section, study_outputs=()):
+    """Declare a per-run analysis by its report section (cnnablate.sections.Section): its rule writes
+    analysis_file(section.name) (flat metrics), and its study-level rule the files ``study_outputs`` (pass that
+    rule's own outputs: ``rules.<rule>.output``); the report, Snakemake's report and MLflow pick them up.
+    """
+    ANALYSES[section.name] = {
+        "run_output": analysis_file(section.name),
         "study_outputs": list(study_outputs),
+    }
+    SECTIONS[section.name] = section
+
+
+def caption_file(output):
+    """The .rst file Snakemake's report() reads an output's caption from, written from the section's words
+    (rewritten only when they change), so that no caption is written twice."""
+    path = Path(RESULTS, "report_captions", f"{output.file}.rst").resolve()
+    if not path.exists() or path.read_text() != output.caption:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(output.caption)
+    return str(path)
+
+
+def study_outputs(section, *keys):
+    """A section's study-level outputs (all of them, or those named) as a rule's named outputs under
+    RESULTS/figures and RESULTS/tables, marked for Snakemake's report with the section's own captions.
+    """
+    return {
+        key: report(
+            f"{RESULTS}/{output.folder}/{output.file}",
+            caption=caption_file(output),
+            category="Analyses",
+            subcategory=section.title,
+        )
+        for key, output in section.outputs.items()
+        if not keys or key in keys
     }
 
 

@@ -1,5 +1,7 @@
 # One rule downloads (and verifies) an archive; one rule prepares the study's canonical dataset file.
 
+PREPARE_DATA_JOB = job("prepare_data", scope="study")
+
 
 rule download_data:
     output:
@@ -27,9 +29,9 @@ rule prepare_data:
     output:
         f"{RESULTS}/data/dataset.npz",
     log:
-        f"{LOGS}/prepare_data.log",
+        PREPARE_DATA_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/prepare_data.tsv"
+        PREPARE_DATA_JOB.benchmark
     conda:
         ENV
     params:

@@ -1,6 +1,31 @@
 # Cost and receptive fields of every run: params, MACs, theoretical and effective receptive fields, and the
 # ERF's growth exponent along the run's depth (rf_laws.json, read by the study's receptive-field laws).
 
+MEASURES = Section(
+    "measures",
+    title="Cost and receptive fields of every variant",
+    text="Parameters and multiply-accumulates of one forward pass, the theoretical receptive field (TRF) at the "
+    "last spatial map, and the effective receptive field (ERF, Luo et al. 2016: the input gradient of the "
+    "centre output) at initialisation and after training.",
+    columns=(
+        Column("params", "parameters"),
+        Column("macs", "MACs per image"),
+        Column("trf_size", "TRF", unit="px"),
+        Column("erf_std_init", "ERF std at initialisation", unit="px"),
+        Column("erf_std_trained", "ERF std trained", unit="px"),
+        Column("erf_trf_ratio_trained", "ERF size / TRF size, trained"),
+    ),
+    per_run=(
+        "params",
+        "macs",
+        "trf_size",
+        "erf_std_init",
+        "erf_std_trained",
+        "erf_trf_ratio_trained",
+    ),
+)
+MEASURE_JOB = job("measure", slot="analysis")
+
 
 rule measure:
     input:
@@ -14,21 +39,20 @@ rule measure:
         figure=run_file(layout.ERF_FIGURE),
         rf_laws=analysis_file("rf_laws"),
     log:
-        f"{LOGS}/measure/{{variant}}/seed{{seed}}.log",
+        MEASURE_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/measure/{{variant}}/seed{{seed}}.tsv"
+        MEASURE_JOB.benchmark
     conda:
         ENV
-    # a GPU slot shared with training (train.jobs_per_gpu) when the host has one, else train.threads CPU threads
-    threads: config["train"]["threads"]
+    threads: MEASURE_JOB.threads
     resources:
-        gpu=1,
+        **MEASURE_JOB.resources,
     params:
-        jobs_per_gpu=config["train"]["jobs_per_gpu"],
+        **MEASURE_JOB.params,
         erf_images=config["analysis"]["erf_images"],
         erf_canvas=config["analysis"]["erf_canvas"],
     script:
         "../scripts/measure.py"
 
 
-register_analysis("measures")
+register_analysis(MEASURES)

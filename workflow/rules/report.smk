@@ -1,5 +1,21 @@
 # Gather every run: interpretation figures, tables, figures and the HTML report; then everything into MLflow.
 
+SECTIONS["interpret"] = Section(
+    "interpret",
+    title="What the network learned",
+    text="For base and the variants analysis.interpret names, first seed only.",
+    run_figures={
+        "filters.png": "first-layer filters as RGB images, each scaled to its own range.",
+        "feature_maps.png": "one test image and the first channels of the feature map closing each stage.",
+        "attributions.png": "test images with their saliency (|input gradient|) and Grad-CAM of the last "
+        "spatial stage.",
+    },
+    per_run=(),
+)
+MLFLOW_SYNC_JOB = job("mlflow_sync", scope="study")
+INTERPRET_JOB = job("interpret", slot="analysis")
+REPORT_JOB = job("report", scope="study")
+
 
 rule mlflow_sync:
     input:
@@ -13,9 +29,9 @@ rule mlflow_sync:
     output:
         f"{RESULTS}/mlflow_sync.json",
     log:
-        f"{LOGS}/mlflow_sync.log",
+        MLFLOW_SYNC_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/mlflow_sync.tsv"
+        MLFLOW_SYNC_JOB.benchmark
     localrule: True
     conda:
         ENV
@@ -35,17 +51,16 @@ rule interpret:
     output:
         directory(f"{RUN}/interpret"),
     log:
-        f"{LOGS}/interpret/{{variant}}/seed{{seed}}.log",
+        INTERPRET_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/interpret/{{variant}}/seed{{seed}}.tsv"
+        INTERPRET_JOB.benchmark
     conda:
         ENV
-    # a GPU slot shared with training (train.jobs_per_gpu) when the host has one, else train.threads CPU threads
-    threads: config["train"]["threads"]
+    threads: INTERPRET_JOB.threads
     resources:
-        gpu=1,
+        **INTERPRET_JOB.resources,
     params:
-        jobs_per_gpu=config["train"]["jobs_per_gpu"],
+        **INTERPRET_JOB.params,
     script:
         "../scripts/interpret.py"
 
@@ -85,15 +100,18 @@ rule report:
             category="Report",
         ),
     log:
-        f"{LOGS}/report.log",
+        REPORT_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/report.tsv"
+        REPORT_JOB.benchmark
     localrule: True
     conda:
         ENV
     params:
         analyses=lambda w: canonical(
             {name: a["study_outputs"] for name, a in ANALYSES.items()}
+        ),
+        sections=lambda w: canonical(
+            {name: section.to_dict() for name, section in SECTIONS.items()}
         ),
         config=study_param(config),
     script:

@@ -1,6 +1,9 @@
 # MLflow mirrors finished work: one run per training job and one per learning-rate search, logged from their
 # files on the machine that runs Snakemake, so that no training job waits for MLflow.
 
+TRACK_JOB = job("track")
+TRACK_TUNING_JOB = job("track_tuning", scope="variant")
+
 
 rule track:
     input:
@@ -12,9 +15,9 @@ rule track:
     output:
         run_file(layout.TRACKED),
     log:
-        f"{LOGS}/track/{{variant}}/seed{{seed}}.log",
+        TRACK_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/track/{{variant}}/seed{{seed}}.tsv"
+        TRACK_JOB.benchmark
     localrule: True
     conda:
         ENV
@@ -29,9 +32,9 @@ rule track_tuning:
     output:
         layout.tuning_tracked(RESULTS, "{variant}"),
     log:
-        f"{LOGS}/track_tuning/{{variant}}.log",
+        TRACK_TUNING_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/track_tuning/{{variant}}.tsv"
+        TRACK_TUNING_JOB.benchmark
     localrule: True
     conda:
         ENV

@@ -1,13 +1,16 @@
 # MLflow experiment set up once; one training job per (variant, seed), at the variant's tuned learning rate.
 
+MLFLOW_SETUP_JOB = job("mlflow_setup", scope="study")
+TRAIN_JOB = job("train", slot="training")
+
 
 rule mlflow_setup:
     output:
         f"{RESULTS}/mlflow.json",
     log:
-        f"{LOGS}/mlflow_setup.log",
+        MLFLOW_SETUP_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/mlflow_setup.tsv"
+        MLFLOW_SETUP_JOB.benchmark
     localrule: True
     conda:
         ENV
@@ -29,17 +32,15 @@ rule train:
         model=run_file(layout.MODEL),
         predictions=run_file(layout.PREDICTIONS),
     log:
-        f"{LOGS}/train/{{variant}}/seed{{seed}}.log",
+        TRAIN_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/train/{{variant}}/seed{{seed}}.tsv"
+        TRAIN_JOB.benchmark
     conda:
         ENV
     # the recipe's threads are only the default: Snakemake's --set-threads and --cores decide torch's threads
-    threads: config["train"]["threads"]
+    threads: TRAIN_JOB.threads
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **TRAIN_JOB.resources,
     params:
         study=STUDY.name,
         spec=variant_spec,

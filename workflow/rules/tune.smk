@@ -1,6 +1,9 @@
 # Per-variant learning-rate selection on the validation split: one job per variant sweeps the grid, so adding
 # a variant tunes only that variant. The train rule reads the chosen rate from the variant's tuning file.
 
+TUNE_JOB = job("tune", scope="variant", slot="training")
+TUNING_TABLE_JOB = job("tuning_table", scope="study")
+
 
 rule tune:
     input:
@@ -8,16 +11,14 @@ rule tune:
     output:
         layout.tuning_file(RESULTS, "{variant}"),
     log:
-        f"{LOGS}/tune/{{variant}}.log",
+        TUNE_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/tune/{{variant}}.tsv"
+        TUNE_JOB.benchmark
     conda:
         ENV
-    threads: config["train"]["threads"]
+    threads: TUNE_JOB.threads
     resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
+        **TUNE_JOB.resources,
     params:
         study=STUDY.name,
         spec=variant_spec,
@@ -39,9 +40,9 @@ rule tuning_table:
             category="Tables",
         ),
     log:
-        f"{LOGS}/tuning_table.log",
+        TUNING_TABLE_JOB.log,
     benchmark:
-        f"{BENCHMARKS}/tuning_table.tsv"
+        TUNING_TABLE_JOB.benchmark
     localrule: True
     conda:
         ENV
