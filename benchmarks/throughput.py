@@ -31,7 +31,7 @@ from torch import nn
 from cnnablate.config import Study, load_config
 from cnnablate.data import ArrayDataset, make_synthetic, prepare_dataset
 from cnnablate.devices import choose_device
-from cnnablate.train import epoch_generator, prepare_fit, run_to_convergence
+from cnnablate.train import epoch_generator, prepare_fit, run_to_convergence, train_step
 
 
 def textbook_loader(
@@ -200,7 +200,12 @@ def main() -> None:
     batch_size = min(recipe["batch_size"], len(arrays.y_train))
     steps_per_epoch = len(arrays.y_train) // batch_size
     fit = prepare_fit(spec, arrays, 0, recipe | {"eval_every": steps_per_epoch}, recipe["lr"], choice, steps_per_epoch)
-    data, step = fit.train_data, fit.step
+    data, schedule = fit.train_data, fit.new_progress().schedule
+
+    def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The project's own step (rate, forward, loss, backward, update), as (b) and (c) call it."""
+        return train_step(fit, schedule, 0, images, labels)
+
     images_per_epoch = steps_per_epoch * batch_size
     premade = list(
         data.train_batches(batch_size, epoch_generator(0, 0, choice.device), recipe["crop_padding"], recipe["flip"])

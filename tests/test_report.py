@@ -444,6 +444,7 @@ def test_every_rendered_report_keeps_its_intervals_inside_their_bounds(tiny_stud
     assert assert_intervals_in_bounds((tmp_path / "fixture" / "index.html").read_text()) >= 30
     from cnnablate.report import _table, labelled
     from cnnablate.rf_laws import StudyRuns, trainability_rows, training_rows
+    from cnnablate.sections import Column, Section
 
     base = {"arch": "conv", "blocks_per_stage": 6, "residual": False, "norm": "none"}
     frame = pd.DataFrame(
@@ -462,6 +463,7 @@ def test_every_rendered_report_keeps_its_intervals_inside_their_bounds(tiny_stud
         ]
     )
     runs = StudyRuns(frame, base)
-    page = str(_table(labelled(trainability_rows(runs)))) + str(_table(labelled(training_rows(runs))))
+    section = Section("rf_laws", "laws", columns=(Column("test_acc", "test accuracy", percent=True),))
+    page = str(_table(labelled(trainability_rows(runs), section))) + str(_table(labelled(training_rows(runs), section)))
     assert assert_intervals_in_bounds(page) == 2
-    assert "test accuracy [95% interval]" in page
+    assert "test accuracy (%) [95% interval]" in page
