@@ -32,9 +32,8 @@ BENCHMARKS = f"results/{STUDY.name}/benchmarks"
 ENV = "../../environment.yml"
 JOB_SCRIPT = "../scripts/job.py"  # a rule's job by name: params.job = "module:function"
 ANALYSES = {}  # name -> per-run output, study-level outputs (register_analysis)
-SECTIONS = (
-    {}
-)  # name -> the report section it declares (cnnablate.sections), read by the report rule
+# name -> the report section it declares (cnnablate.sections), read by the report rule
+SECTIONS = {}
 # where a job's log and benchmark go below LOGS and BENCHMARKS, per kind of job
 JOB_SCOPES = {"run": ["{variant}", "seed{seed}"], "variant": ["{variant}"], "study": []}
 

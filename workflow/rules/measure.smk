@@ -1,28 +1,23 @@
 # Cost and receptive fields of every run: params, MACs, theoretical and effective receptive fields, and the
 # ERF's growth exponent along the run's depth (rf_laws.json, read by the study's receptive-field laws).
 
+MEASURE_COLUMNS = (
+    Column("params", "parameters"),
+    Column("macs", "MACs per image"),
+    Column("trf_size", "TRF", unit="px"),
+    Column("erf_std_init", "ERF std at initialisation", unit="px"),
+    Column("erf_std_trained", "ERF std trained", unit="px"),
+    Column("erf_trf_ratio_trained", "ERF size / TRF size, trained"),
+)
+# measures.json is nested: its per-run table shows these results.csv columns, the ones labelled above
 MEASURES = Section(
     "measures",
     title="Cost and receptive fields of every variant",
     text="Parameters and multiply-accumulates of one forward pass, the theoretical receptive field (TRF) at the "
     "last spatial map, and the effective receptive field (ERF, Luo et al. 2016: the input gradient of the "
     "centre output) at initialisation and after training.",
-    columns=(
-        Column("params", "parameters"),
-        Column("macs", "MACs per image"),
-        Column("trf_size", "TRF", unit="px"),
-        Column("erf_std_init", "ERF std at initialisation", unit="px"),
-        Column("erf_std_trained", "ERF std trained", unit="px"),
-        Column("erf_trf_ratio_trained", "ERF size / TRF size, trained"),
-    ),
-    per_run=(
-        "params",
-        "macs",
-        "trf_size",
-        "erf_std_init",
-        "erf_std_trained",
-        "erf_trf_ratio_trained",
-    ),
+    columns=MEASURE_COLUMNS,
+    per_run=tuple(column.name for column in MEASURE_COLUMNS),
 )
 MEASURE_JOB = job("measure", slot="analysis")
 
